@@ -1,0 +1,147 @@
+"""Build a Landlock ruleset for a Policy (in the parent) and enter it (in the child).
+
+prepare() does the costly part once, in the unconfined orchestrator: decide with
+abi.downgrade(), create the ruleset, open each granted path and add its rule. The result can be
+entered by any number of children: enter() is only prctl + landlock_restrict_self. The ruleset
+descriptor is close-on-exec, so no sandboxed program inherits it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, replace
+
+from . import abi, landlock
+from .abi import Compat, Status
+from .errors import RequirementError, SetupError
+from .policy import EnforcementReport, Policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Prepared:
+    """A ruleset ready to be entered, and the report that entering it yields."""
+    decision: abi.Downgrade
+    report: EnforcementReport
+    ruleset_fd: int | None
+    flags: int
+
+    def close(self) -> None:
+        if self.ruleset_fd is not None:
+            os.close(self.ruleset_fd)
+            self.ruleset_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+def decide(policy: Policy, *, kernel: landlock.KernelSupport, cap: int | None,
+           compat: Compat | None = None) -> abi.Downgrade:
+    """Pure decision for this kernel and cap (what `profile explain` shows)."""
+    level = compat or policy.compat
+    in_force = abi.clamp(kernel.abi, cap)
+    request = policy.request()
+    if in_force == 1 and kernel.abi >= 2 and "refer" not in request.granted_fs:
+        # A real ABI 1 kernel always denies reparenting; with the cap on a newer kernel,
+        # handling REFER without granting it reproduces that exactly.
+        request = replace(request, handled_fs=request.handled_fs | {"refer"})
+    decision = abi.downgrade(request, in_force, level, policy.min_abi)
+    if in_force == 1 and kernel.abi >= 2 and decision.handled_fs:
+        decision = replace(decision, handled_fs=decision.handled_fs | {"refer"})
+    return decision
+
+
+def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = None,
+            kernel: landlock.KernelSupport | None = None) -> Prepared:
+    """Decide and build the ruleset. Raises RequirementError when the policy may not run."""
+    kernel = kernel or landlock.probe()
+    decision = decide(policy, kernel=kernel, cap=cap, compat=compat)
+    unfixed = tuple(f"erratum {n} ({area}): {what}"
+                    for n, area, what in abi.errata_affecting(decision.abi, kernel.errata))
+    report = EnforcementReport(
+        phase=policy.phase, profile=policy.name, kernel_abi=kernel.abi, abi=decision.abi,
+        errata=kernel.errata, compat=decision.compat.value, status=decision.status.value,
+        landlock=decision.restrict, no_new_privs=True, dropped=decision.dropped,
+        unfixed_errata=unfixed,
+        skipped_paths=tuple(f"{g.path} (optional, missing; {g.origin})" for g in policy.skipped),
+        handled_fs=tuple(sorted(decision.handled_fs, key=abi.since)),
+        handled_net=tuple(sorted(decision.handled_net)), scopes=tuple(sorted(decision.scopes)),
+        flags=tuple(sorted(decision.flags)), note=decision.refusal)
+    if not decision.may_run:
+        raise RequirementError(f"profile {policy.name}: {decision.refusal}",
+                               profile=policy.name, abi=decision.abi)
+    if not decision.restrict:
+        return Prepared(decision=decision, report=report, ruleset_fd=None, flags=0)
+    fd = None
+    try:
+        fd = landlock.create_ruleset(
+            fs=abi.mask(abi.FS_RIGHTS, decision.handled_fs),
+            net=abi.mask(abi.NET_RIGHTS, decision.handled_net),
+            scoped=abi.mask(abi.SCOPES, decision.scopes),
+            size=abi.ruleset_attr_size(decision.abi))
+        rules = 0
+        if decision.handled_fs:
+            for grant in policy.paths:
+                try:
+                    path_fd = os.open(grant.path, os.O_PATH | os.O_CLOEXEC)
+                except OSError as exc:
+                    if grant.optional:
+                        continue
+                    raise SetupError(f"{grant.origin}: {grant.path}: {exc.strerror}",
+                                     path=grant.path) from None
+                try:
+                    is_dir = stat.S_ISDIR(os.fstat(path_fd).st_mode)
+                    rights = abi.effective_rule_rights(grant.rights, decision.handled_fs,
+                                                       is_dir=is_dir)
+                    if rights:
+                        landlock.add_path_rule(fd, path_fd, abi.mask(abi.FS_RIGHTS, rights))
+                        rules += 1
+                finally:
+                    os.close(path_fd)
+        for port in policy.ports:
+            if port.right in decision.handled_net:
+                landlock.add_port_rule(fd, port.port, abi.NET_RIGHTS[port.right][0])
+                rules += 1
+    except landlock.LandlockError as exc:
+        if fd is not None:
+            os.close(fd)
+        raise SetupError(f"profile {policy.name}: {exc.strerror}") from None
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return Prepared(decision=decision, report=replace(report, rules=rules), ruleset_fd=fd,
+                    flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags))
+
+
+def enter(prepared: Prepared) -> None:
+    """In the child: no_new_privs, then the domain. Must be async-signal-simple: no allocation
+    beyond what ctypes does, no logging."""
+    if prepared.ruleset_fd is None:
+        landlock.set_no_new_privs()
+        return
+    landlock.restrict_self(prepared.ruleset_fd, prepared.flags)
+
+
+def unconfined_warning(report: EnforcementReport) -> str | None:
+    """The loud line for stderr when a phase runs with less than was asked."""
+    if report.status == Status.FULLY.value:
+        return None
+    if not report.landlock:
+        reason = report.note or (report.dropped[0].reason if report.dropped else "")
+        return (f"pkgsandbox: WARNING: {report.phase} [{report.profile}] runs WITHOUT Landlock"
+                + (f": {reason}" if reason else ""))
+    items = ", ".join(d.item for d in report.dropped if d.kind != "flag")
+    return (f"pkgsandbox: warning: {report.phase} [{report.profile}] partially enforced on "
+            f"ABI {report.abi}; not enforced: {items}")

@@ -1,0 +1,581 @@
+"""YAML profiles: parse -> validate -> merge (extends) -> resolve (variables) -> Policy.
+
+Pure apart from reading profile files and checking that resolved paths exist. Every error
+names the file, the line and the key: `profiles/x.yaml:12: filesystem[2].path: must be
+absolute (got 'src')`. A profile that does not validate is never used, in part or whole.
+The format is documented in docs/profiles.md.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import abi
+from .abi import Compat
+from .errors import BadInput, ProfileError, ProfileNotFound
+from .policy import Environment, Logging, PathGrant, Policy, PortGrant
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SYSTEM_DIRS = (Path("/etc/pkgsandbox/profiles"), Path("/usr/share/pkgsandbox/profiles"),
+               Path(sys.prefix) / "share/pkgsandbox/profiles")
+
+PHASES = ("download", "extract", "scriptlet", "hook", "source", "prepare", "build", "package")
+
+#: Every variable a profile may use, with the value `profile check/explain` assume.
+VARIABLES: dict[str, str] = {
+    "root": "/",
+    "dbpath": "/var/lib/pacman",
+    "cachedir": "/var/cache/pacman/pkg",
+    "logfile": "/var/log/pacman.log",
+    "gpgdir": "/etc/pacman.d/gnupg",
+    "hookdir": "/etc/pacman.d/hooks",
+    "downloaddir": "/var/cache/pacman/pkg/download-XXXXXX",
+    "scratch": "/tmp/pkgsandbox-scratch",
+    "tmpdir": "/tmp",
+    "pkgname": "pkgname",
+    "pkgver": "1.0-1",
+    "hookname": "hookname",
+    "startdir": "/tmp/pkgbuild",
+    "srcdir": "/tmp/pkgbuild/src",
+    "pkgdir": "/tmp/pkgbuild/pkg/pkgname",
+    "srcdest": "/tmp/pkgbuild",
+    "outdir": "/tmp/pkgbuild",
+    "home": "/root",
+    "server_ports": "80,443",
+}
+
+_VAR = re.compile(r"\{([^{}]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+
+TOP_KEYS = ("profile", "description", "phase", "extends", "compat", "min_abi", "filesystem",
+            "network", "scope", "logging", "environment")
+GRANT_KEYS = ("path", "access", "optional")
+NETWORK_KEYS = tuple(abi.NET_RIGHTS)
+LOGGING_KEYS = ("same_exec", "new_exec", "subdomains")
+ENV_KEYS = ("allow", "set")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Grant:
+    """A filesystem grant as written: the path may still hold variables."""
+    path: str
+    rights: frozenset[str]
+    optional: bool
+    origin: str      # file:line
+    where: str       # filesystem[2]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ports:
+    right: str
+    port: int | None       # None: the {server_ports} variable
+    origin: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    """One profile, validated and merged with what it extends."""
+    name: str
+    file: str
+    phase: str | None = None
+    description: str = ""
+    compat: Compat = Compat.BEST_EFFORT
+    min_abi: int = 0
+    filesystem: tuple[Grant, ...] = ()
+    ports: tuple[Ports, ...] = ()
+    scopes: frozenset[str] = frozenset(abi.SCOPES)
+    logging: Logging = field(default_factory=Logging)
+    env_allow: tuple[str, ...] = ()
+    env_set: tuple[tuple[str, str], ...] = ()
+    chain: tuple[str, ...] = ()   # files merged, base first
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading YAML with line numbers.
+
+class _Doc:
+    """Walks composed YAML nodes, converting scalars and failing with file:line: key."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self._loader = yaml.SafeLoader("")
+
+    def fail(self, node, key: str, problem: str):
+        line = node.start_mark.line + 1 if node is not None else None
+        raise ProfileError(self.file, line, key, problem)
+
+    def scalar(self, node, key: str):
+        if not isinstance(node, yaml.ScalarNode):
+            self.fail(node, key, f"must be a single value (got a {_kind(node)})")
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.fail(node, key, f"unreadable value ({getattr(exc, 'problem', exc)})")
+
+    def string(self, node, key: str) -> str:
+        value = self.scalar(node, key)
+        if not isinstance(value, str) or not value:
+            self.fail(node, key, f"must be a non-empty string (got {_show(value)})")
+        return value
+
+    def boolean(self, node, key: str) -> bool:
+        value = self.scalar(node, key)
+        if not isinstance(value, bool):
+            self.fail(node, key, f"must be true or false (got {_show(value)})")
+        return value
+
+    def integer(self, node, key: str) -> int:
+        value = self.scalar(node, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(node, key, f"must be an integer (got {_show(value)})")
+        return value
+
+    def mapping(self, node, key: str, allowed: tuple[str, ...]) -> dict[str, tuple]:
+        """{key: (key_node, value_node)}; unknown and duplicate keys are errors."""
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, key, f"must be a mapping (got a {_kind(node)})")
+        out: dict[str, tuple] = {}
+        for knode, vnode in node.value:
+            name = self.scalar(knode, key or "key")
+            path = f"{key}.{name}" if key else str(name)
+            if not isinstance(name, str) or name not in allowed:
+                self.fail(knode, path, "unknown key (known: " + ", ".join(allowed) + ")")
+            if name in out:
+                self.fail(knode, path, "duplicate key")
+            out[name] = (knode, vnode)
+        return out
+
+    def sequence(self, node, key: str) -> list:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(node, key, f"must be a list (got a {_kind(node)})")
+        return list(node.value)
+
+
+def _kind(node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "list"
+    return "value"
+
+
+def _show(value) -> str:
+    return "nothing" if value is None else repr(value)
+
+
+def _compose(file: str, text: str):
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ProfileError(file, line, "", f"invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(file, None, "", f"invalid YAML: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of one file.
+
+@dataclass(frozen=True, kw_only=True)
+class _Parsed:
+    name: str
+    file: str
+    extends: tuple[tuple[str, int], ...]
+    fields: dict            # only the keys present
+
+
+def _rights(doc: _Doc, node, key: str) -> frozenset[str]:
+    items = doc.sequence(node, key)
+    if not items:
+        doc.fail(node, key, "must list at least one access right")
+    out: set[str] = set()
+    for i, item in enumerate(items):
+        name = doc.string(item, f"{key}[{i}]")
+        if name in abi.ACCESS_GROUPS:
+            out |= abi.ACCESS_GROUPS[name]
+        elif name in abi.FS_RIGHTS:
+            out.add(name)
+        else:
+            doc.fail(item, f"{key}[{i}]",
+                     f"unknown access right {name!r} (groups: {', '.join(abi.ACCESS_GROUPS)}; "
+                     f"rights: {', '.join(abi.FS_RIGHTS)})")
+    return frozenset(out)
+
+
+def check_template(doc: _Doc, node, key: str, template: str) -> None:
+    """A path template must be absolute once substituted, and use only known variables."""
+    for var in _VAR.findall(template):
+        if var not in VARIABLES or var == "server_ports":
+            doc.fail(node, key, f"unknown variable {{{var}}} (known: "
+                     + ", ".join(v for v in VARIABLES if v != "server_ports") + ")")
+    stripped = _VAR.sub("", template)
+    if "{" in stripped or "}" in stripped:
+        doc.fail(node, key, f"unbalanced brace in {template!r}")
+    if not (template.startswith("/") or template.startswith("{")):
+        doc.fail(node, key, f"must be absolute (got {template!r})")
+    if template.startswith("{") and not substitute(template, VARIABLES).startswith("/"):
+        doc.fail(node, key, f"must be absolute (got {template!r})")
+    if ".." in template.split("/"):
+        doc.fail(node, key, f"must not contain '..' (got {template!r})")
+    if "\0" in template:
+        doc.fail(node, key, "must not contain a NUL byte")
+
+
+def _parse(file: str, text: str, default_name: str) -> _Parsed:
+    doc = _Doc(file)
+    root = _compose(file, text)
+    if root is None:
+        raise ProfileError(file, None, "", "empty profile")
+    top = doc.mapping(root, "", TOP_KEYS)
+    fields: dict = {}
+    name = default_name
+    if "profile" in top:
+        kn, vn = top["profile"]
+        name = doc.string(vn, "profile")
+        if not _NAME.match(name):
+            doc.fail(vn, "profile", f"invalid name {name!r}")
+    extends: list[tuple[str, int]] = []
+    if "extends" in top:
+        _, vn = top["extends"]
+        nodes = [vn] if isinstance(vn, yaml.ScalarNode) else doc.sequence(vn, "extends")
+        for i, n in enumerate(nodes):
+            key = "extends" if n is vn else f"extends[{i}]"
+            parent = doc.string(n, key)
+            if not _NAME.match(parent):
+                doc.fail(n, key, f"invalid profile name {parent!r}")
+            extends.append((parent, n.start_mark.line + 1))
+    if "description" in top:
+        fields["description"] = doc.string(top["description"][1], "description")
+    if "phase" in top:
+        vn = top["phase"][1]
+        phase = doc.string(vn, "phase")
+        if phase not in PHASES:
+            doc.fail(vn, "phase", f"unknown phase {phase!r} (known: {', '.join(PHASES)})")
+        fields["phase"] = phase
+    if "compat" in top:
+        vn = top["compat"][1]
+        value = doc.string(vn, "compat")
+        try:
+            fields["compat"] = Compat(value)
+        except ValueError:
+            doc.fail(vn, "compat", f"must be one of {', '.join(c.value for c in Compat)} "
+                                   f"(got {value!r})")
+    if "min_abi" in top:
+        vn = top["min_abi"][1]
+        value = doc.integer(vn, "min_abi")
+        if not 0 <= value <= abi.KNOWN_ABI:
+            doc.fail(vn, "min_abi", f"must be between 0 and {abi.KNOWN_ABI} (got {value})")
+        fields["min_abi"] = value
+    if "filesystem" in top:
+        grants = []
+        for i, item in enumerate(doc.sequence(top["filesystem"][1], "filesystem")):
+            key = f"filesystem[{i}]"
+            entry = doc.mapping(item, key, GRANT_KEYS)
+            if "path" not in entry:
+                doc.fail(item, key, "missing key 'path'")
+            if "access" not in entry:
+                doc.fail(item, key, "missing key 'access'")
+            pnode = entry["path"][1]
+            path = doc.string(pnode, f"{key}.path")
+            check_template(doc, pnode, f"{key}.path", path)
+            rights = _rights(doc, entry["access"][1], f"{key}.access")
+            optional = doc.boolean(entry["optional"][1], f"{key}.optional") \
+                if "optional" in entry else False
+            grants.append(Grant(path=path, rights=rights, optional=optional,
+                                origin=f"{file}:{pnode.start_mark.line + 1}", where=key))
+        fields["filesystem"] = tuple(grants)
+    if "network" in top:
+        net = doc.mapping(top["network"][1], "network", NETWORK_KEYS)
+        ports = []
+        for right, (_, vn) in net.items():
+            for i, item in enumerate(doc.sequence(vn, f"network.{right}")):
+                key = f"network.{right}[{i}]"
+                value = doc.scalar(item, key)
+                origin = f"{file}:{item.start_mark.line + 1}"
+                if value == "{server_ports}":
+                    ports.append(Ports(right=right, port=None, origin=origin))
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int):
+                    doc.fail(item, key, f"must be a port number or '{{server_ports}}' "
+                                        f"(got {_show(value)})")
+                if not 1 <= value <= 65535:
+                    doc.fail(item, key, f"port must be between 1 and 65535 (got {value})")
+                ports.append(Ports(right=right, port=value, origin=origin))
+        fields["ports"] = tuple(ports)
+    if "scope" in top:
+        vn = top["scope"][1]
+        scopes = set()
+        for i, item in enumerate(doc.sequence(vn, "scope")):
+            value = doc.string(item, f"scope[{i}]")
+            if value not in abi.SCOPES:
+                doc.fail(item, f"scope[{i}]", f"unknown scope {value!r} "
+                                              f"(known: {', '.join(abi.SCOPES)})")
+            scopes.add(value)
+        fields["scopes"] = frozenset(scopes)
+    if "logging" in top:
+        entry = doc.mapping(top["logging"][1], "logging", LOGGING_KEYS)
+        fields["logging"] = {k: doc.boolean(v, f"logging.{k}") for k, (_, v) in entry.items()}
+    if "environment" in top:
+        entry = doc.mapping(top["environment"][1], "environment", ENV_KEYS)
+        if "allow" in entry:
+            allow = []
+            for i, item in enumerate(doc.sequence(entry["allow"][1], "environment.allow")):
+                value = doc.string(item, f"environment.allow[{i}]")
+                if not _ENV_NAME.match(value):
+                    doc.fail(item, f"environment.allow[{i}]",
+                             f"not a variable name or NAME* prefix: {value!r}")
+                allow.append(value)
+            fields["env_allow"] = tuple(allow)
+        if "set" in entry:
+            setmap = doc.mapping(entry["set"][1], "environment.set",
+                                 tuple(_mapping_keys(entry["set"][1])))
+            values = []
+            for k, (kn, vn) in setmap.items():
+                if not _ENV_NAME.match(k) or k.endswith("*"):
+                    doc.fail(kn, f"environment.set.{k}", "not a variable name")
+                v = doc.scalar(vn, f"environment.set.{k}")
+                if isinstance(v, (dict, list)) or v is None:
+                    doc.fail(vn, f"environment.set.{k}", "must be a value")
+                values.append((k, str(v).lower() if isinstance(v, bool) else str(v)))
+            fields["env_set"] = tuple(values)
+    return _Parsed(name=name, file=file, extends=tuple(extends), fields=fields)
+
+
+def _mapping_keys(node) -> list:
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    return [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Search path and merging.
+
+class Library:
+    """Profiles found through a search path; earlier directories override later ones by name."""
+
+    def __init__(self, extra_dirs=(), *, include_system: bool = True):
+        dirs = [Path(d) for d in extra_dirs]
+        if include_system:
+            dirs += list(SYSTEM_DIRS)
+        dirs.append(SHIPPED_DIR)
+        seen, self.dirs = set(), []
+        for d in dirs:
+            key = os.path.abspath(d)
+            if key not in seen:
+                seen.add(key)
+                self.dirs.append(d)
+        self._cache: dict[str, Profile] = {}
+
+    def find(self, name: str, kind: str = "") -> Path | None:
+        if not _NAME.match(name):
+            raise ProfileNotFound(f"invalid profile name {name!r}")
+        for d in self.dirs:
+            candidate = (d / kind / f"{name}.yaml") if kind else (d / f"{name}.yaml")
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def names(self, kind: str = "") -> list[tuple[str, Path]]:
+        """Every profile name visible, with the file that wins for it."""
+        out: dict[str, Path] = {}
+        for d in self.dirs:
+            base = d / kind if kind else d
+            if base.is_dir():
+                for f in sorted(base.glob("*.yaml")):
+                    out.setdefault(f.stem, f)
+        return sorted(out.items())
+
+    def load(self, name_or_file: str) -> Profile:
+        """A profile by name (search path) or by file path (contains '/' or ends in .yaml)."""
+        if "/" in name_or_file or name_or_file.endswith(".yaml"):
+            return self.load_file(Path(name_or_file))
+        path = self.find(name_or_file)
+        if path is None:
+            raise ProfileNotFound(f"profile {name_or_file!r} not found in "
+                                  + ", ".join(str(d) for d in self.dirs))
+        return self.load_file(path)
+
+    def load_file(self, path: Path, *, implicit_parent: str | None = None) -> Profile:
+        return self._load(path, stack=(), implicit_parent=implicit_parent)
+
+    def load_override(self, phase_profile: str, name: str, kind: str) -> Profile:
+        """The phase profile, with the per-package or per-hook override merged on top if the
+        search path has one (`packages/NAME.yaml`, `hooks/NAME.yaml`)."""
+        path = self.find(name, kind) if _NAME.match(name) else None
+        if path is None:
+            return self.load(phase_profile)
+        return self._load(path, stack=(), implicit_parent=phase_profile)
+
+    def _read(self, path: Path) -> str:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ProfileNotFound(f"{path}: no such profile file") from None
+        except OSError as exc:
+            raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise ProfileError(str(path), line, "", "not valid UTF-8") from None
+
+    def _load(self, path: Path, *, stack: tuple[str, ...],
+              implicit_parent: str | None = None) -> Profile:
+        file = str(path)
+        key = os.path.realpath(file)
+        if key in stack:
+            raise ProfileError(file, None, "extends", "loop: " + " -> ".join(
+                list(stack[stack.index(key):]) + [key]))
+        parsed = _parse(file, self._read(path), path.stem)
+        parents: list[Profile] = []
+        extends = parsed.extends or (((implicit_parent, 0),) if implicit_parent else ())
+        for parent_name, line in extends:
+            parent_path = self.find(parent_name)
+            if parent_path is None:
+                raise ProfileError(file, line or None, "extends",
+                                   f"profile {parent_name!r} not found")
+            if os.path.realpath(parent_path) == key:
+                # An admin's profile extending the shipped one of the same name.
+                parent_path = self._next_after(parent_name, path)
+                if parent_path is None:
+                    raise ProfileError(file, line or None, "extends",
+                                       f"loop: {parent_name} extends itself")
+            try:
+                parents.append(self._load(parent_path, stack=stack + (key,)))
+            except ProfileError as exc:
+                if "loop:" in exc.message and exc.fields.get("file") != file:
+                    raise ProfileError(file, line or None, "extends",
+                                       exc.message.split("extends: ", 1)[-1]) from None
+                raise
+        return _merge(parsed, parents)
+
+    def _next_after(self, name: str, path: Path) -> Path | None:
+        found = False
+        for d in self.dirs:
+            candidate = d / f"{name}.yaml"
+            if not candidate.is_file():
+                continue
+            if found:
+                return candidate
+            if os.path.realpath(candidate) == os.path.realpath(path):
+                found = True
+        return None
+
+
+def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
+    """Lists accumulate (parents first); single values and scope: the child's win."""
+    base = dict(phase=None, description="", compat=Compat.BEST_EFFORT, min_abi=0,
+                filesystem=(), ports=(), scopes=frozenset(abi.SCOPES), logging=Logging(),
+                env_allow=(), env_set=(), chain=())
+    for p in parents:
+        base["phase"] = p.phase or base["phase"]
+        base["description"] = p.description or base["description"]
+        base["compat"] = p.compat
+        base["min_abi"] = max(base["min_abi"], p.min_abi)
+        base["filesystem"] += p.filesystem
+        base["ports"] += p.ports
+        base["scopes"] = p.scopes
+        base["logging"] = p.logging
+        base["env_allow"] += tuple(a for a in p.env_allow if a not in base["env_allow"])
+        base["env_set"] = _merge_env(base["env_set"], p.env_set)
+        base["chain"] += tuple(c for c in p.chain if c not in base["chain"])
+    f = parsed.fields
+    for k in ("phase", "description", "compat", "min_abi", "scopes"):
+        if k in f:
+            base[k] = f[k]
+    base["filesystem"] += f.get("filesystem", ())
+    base["ports"] += f.get("ports", ())
+    if "logging" in f:
+        cur = base["logging"]
+        base["logging"] = Logging(**{**cur.__dict__, **f["logging"]})
+    base["env_allow"] += tuple(a for a in f.get("env_allow", ()) if a not in base["env_allow"])
+    base["env_set"] = _merge_env(base["env_set"], f.get("env_set", ()))
+    base["chain"] += (parsed.file,)
+    return Profile(name=parsed.name, file=parsed.file, **base)
+
+
+def _merge_env(a, b):
+    out = dict(a)
+    out.update(dict(b))
+    return tuple(out.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution for a context.
+
+def substitute(template: str, values: dict[str, str]) -> str:
+    def one(m):
+        return values[m.group(1)]
+    out = _VAR.sub(one, template)
+    out = re.sub(r"/+", "/", out)
+    if len(out) > 1:
+        out = out.rstrip("/")
+    return os.path.normpath(out) if out.startswith("/") else out
+
+
+def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
+            phase: str | None = None, check_paths: bool = True) -> Policy:
+    """Substitute variables and check paths: a Policy ready for enforce.prepare()."""
+    values = dict(variables or {})
+    for name in values:
+        if name not in VARIABLES:
+            raise BadInput(f"unknown variable {{{name}}} (known: {', '.join(VARIABLES)})")
+    paths, skipped = [], []
+    for g in profile.filesystem:
+        missing = [v for v in _VAR.findall(g.path) if v not in values]
+        if missing:
+            raise BadInput(f"{g.origin}: {g.where}.path: variable {{{missing[0]}}} has no value "
+                           f"for this run (give it with --var {missing[0]}=VALUE)")
+        path = substitute(g.path, values)
+        if not path.startswith("/"):
+            raise BadInput(f"{g.origin}: {g.where}.path: {g.path!r} resolves to a relative "
+                           f"path {path!r}")
+        grant = PathGrant(path=path, rights=g.rights, optional=g.optional, origin=g.origin)
+        if check_paths and not os.path.exists(path):
+            if g.optional:
+                skipped.append(grant)
+                continue
+            raise BadInput(f"{g.origin}: {g.where}.path: {path} does not exist "
+                           f"(mark the grant 'optional: true' if it may be missing)")
+        paths.append(grant)
+    ports = []
+    for p in profile.ports:
+        if p.port is not None:
+            ports.append(PortGrant(port=p.port, right=p.right, origin=p.origin))
+            continue
+        text = values.get("server_ports")
+        if text is None:
+            raise BadInput(f"{p.origin}: network.{p.right}: {{server_ports}} has no value "
+                           f"for this run (give it with --var server_ports=80,443)")
+        for item in filter(None, text.split(",")):
+            if not item.strip().isdigit() or not 1 <= int(item) <= 65535:
+                raise BadInput(f"server_ports: not a port number: {item!r}")
+            ports.append(PortGrant(port=int(item), right=p.right, origin=p.origin))
+    return Policy(
+        name=profile.name, phase=phase or profile.phase or profile.name, source=profile.file,
+        compat=profile.compat, min_abi=profile.min_abi,
+        handled_fs=frozenset(abi.FS_RIGHTS), handled_net=frozenset(abi.NET_RIGHTS),
+        scopes=profile.scopes, paths=tuple(paths), ports=tuple(sorted(set(ports),
+                                                                      key=lambda x: (x.port, x.right))),
+        logging=profile.logging,
+        environment=Environment(allow=profile.env_allow, set=profile.env_set),
+        skipped=tuple(skipped))
+
+
+def parse_var(text: str) -> tuple[str, str]:
+    """--var K=V."""
+    if "=" not in text:
+        raise BadInput(f"--var {text!r}: expected NAME=VALUE")
+    k, v = text.split("=", 1)
+    if k not in VARIABLES:
+        raise BadInput(f"--var {k}: unknown variable (known: {', '.join(VARIABLES)})")
+    return k, v

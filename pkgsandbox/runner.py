@@ -1,0 +1,244 @@
+"""The only module that starts sandboxed processes.
+
+run() forks, and in the child (before exec): new session (so a timeout kills the whole process
+group), optional chroot and working directory, optional switch to an unprivileged user
+(groups, gid, uid, in that order, then verified), no_new_privs, the Landlock domain; then exec
+with an allow-listed environment and no inherited descriptors beyond stdio and those passed on
+purpose. call() does the same for a Python function, whose result comes back through a pipe.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import json
+import pwd
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from . import enforce
+from .errors import (EXIT_SETUP, ExecError, NotFound, PkgsandboxError, SetupError,
+                     TimeoutExpired)
+from . import errors as _errors_mod
+from .policy import EnforcementReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    @classmethod
+    def lookup(cls, name: str) -> "User":
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise SetupError(f"user {name!r} does not exist") from None
+        groups = tuple(sorted(set(os.getgrouplist(name, entry.pw_gid))))
+        return cls(name=name, uid=entry.pw_uid, gid=entry.pw_gid, groups=groups)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    returncode: int
+    stdout: bytes | None
+    stderr: bytes | None
+    report: EnforcementReport
+    duration: float
+
+    @property
+    def exit_status(self) -> int:
+        """Shell convention: 128+N for a signal."""
+        return 128 - self.returncode if self.returncode < 0 else self.returncode
+
+
+def _child_setup(prepared: enforce.Prepared, *, chroot: str | None, cwd: str | None,
+                 user: User | None, umask: int | None, errpipe: int):
+    """Runs in the forked child before exec. Any failure is written to errpipe, then raised."""
+    def setup():
+        step = "start"
+        try:
+            if chroot:
+                step = f"chroot {chroot}"
+                os.chroot(chroot)
+                os.chdir("/")
+            if cwd:
+                step = f"chdir {cwd}"
+                os.chdir(cwd)
+            if umask is not None:
+                os.umask(umask)
+            if user is not None:
+                step = f"switch to user {user.name}"
+                os.setgroups(list(user.groups))
+                os.setresgid(user.gid, user.gid, user.gid)
+                os.setresuid(user.uid, user.uid, user.uid)
+                if (os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3
+                        or sorted(set(os.getgroups())) != sorted(set(user.groups))):
+                    raise OSError(1, "identity not as requested after the switch")
+                if user.uid != 0:
+                    try:
+                        os.setuid(0)
+                    except PermissionError:
+                        pass
+                    else:
+                        raise OSError(1, "root could be regained after the switch")
+            step = "enter the Landlock domain"
+            enforce.enter(prepared)
+        except OSError as exc:
+            os.write(errpipe, f"{step}: {exc.strerror or exc}".encode()[:4000])
+            raise
+    return setup
+
+
+def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
+        cwd: str | None = None, chroot: str | None = None, user: User | None = None,
+        umask: int | None = None, timeout: float | None = None, capture: bool = False,
+        stdin=None, input: bytes | None = None, pass_fds: tuple[int, ...] = ()) -> Result:
+    """Run argv (no shell, no PATH lookup beyond the given env's PATH) in the prepared domain."""
+    if not argv:
+        raise ExecError("no command given")
+    start = time.monotonic()
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv, env=env, close_fds=True, pass_fds=pass_fds, start_new_session=True,
+                stdin=subprocess.PIPE if input is not None else stdin,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.PIPE if capture else None,
+                preexec_fn=_child_setup(prepared, chroot=chroot, cwd=cwd, user=user,
+                                        umask=umask, errpipe=wfd))
+        except subprocess.SubprocessError:
+            os.close(wfd)
+            wfd = -1
+            message = os.read(rfd, 4096).decode(errors="replace") or "child setup failed"
+            raise SetupError(f"sandbox setup failed: {message}") from None
+        except FileNotFoundError:
+            raise NotFound(f"{argv[0]}: command not found") from None
+        except PermissionError:
+            raise ExecError(f"{argv[0]}: permission denied") from None
+        except OSError as exc:
+            raise ExecError(f"{argv[0]}: {exc.strerror}") from None
+    finally:
+        if wfd >= 0:
+            os.close(wfd)
+        os.close(rfd)
+    try:
+        out, err = proc.communicate(input=input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.communicate()
+        raise TimeoutExpired(f"{argv[0]}: timed out after {timeout:g} s; process group killed",
+                             report=prepared.report.as_dict()) from None
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.wait()
+        raise
+    report = prepared.report
+    if user is not None or chroot:
+        from dataclasses import replace
+        report = replace(report, user=user.name if user else "", chroot=chroot or "")
+    return Result(returncode=proc.returncode, stdout=out, stderr=err, report=report,
+                  duration=time.monotonic() - start)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallResult:
+    value: object
+    report: EnforcementReport
+
+
+def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
+         user: User | None = None, chroot: str | None = None, cwd: str | None = None,
+         max_result: int = 16 << 20, **kwargs) -> CallResult:
+    """Run fn(*args, **kwargs) in a forked child inside the domain; return its value.
+
+    The value must be JSON-serialisable: the parent never unpickles what a sandboxed child
+    wrote (that would hand the child code execution outside its domain). A PkgsandboxError
+    raised by fn comes back as the same class with its message; anything else as SetupError.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # child: never returns into the caller's code
+        status = 0
+        try:
+            os.close(rfd)
+            os.setsid()
+            _child_setup(prepared, chroot=chroot, cwd=cwd, user=user, umask=None,
+                         errpipe=wfd)()
+            try:
+                payload = {"ok": fn(*args, **kwargs)}
+            except PkgsandboxError as exc:
+                payload = {"error": type(exc).__name__, "message": exc.message}
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                payload = {"error": "SetupError", "message": f"{type(exc).__name__}: {exc}"}
+            view = memoryview(b"\0" + json.dumps(payload).encode())
+            while view:
+                n = os.write(wfd, view)
+                view = view[n:]
+        except BaseException:  # noqa: BLE001
+            status = EXIT_SETUP
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    chunks, size = [], 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([rfd], [], [], left)
+            if not ready:
+                _kill_group(pid)
+                os.waitpid(pid, 0)
+                raise TimeoutExpired(f"{getattr(fn, '__name__', 'function')}: timed out after "
+                                     f"{timeout:g} s; process group killed")
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_result:
+                _kill_group(pid)
+                os.waitpid(pid, 0)
+                raise SetupError(f"sandboxed call returned more than {max_result} bytes")
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    if not data.startswith(b"\0"):
+        text = data.decode(errors="replace")[:400]
+        raise SetupError(f"sandbox setup failed: {text or f'wait status {status}'}")
+    try:
+        payload = json.loads(data[1:])
+    except ValueError:
+        raise SetupError("sandboxed call returned an unreadable result") from None
+    if "error" in payload:
+        cls = _ERRORS.get(payload["error"], SetupError)
+        message = str(payload.get("message", ""))
+        try:
+            error = cls(message)
+        except TypeError:  # an error class with structured fields: keep the text
+            error = SetupError(message)
+        raise error
+    return CallResult(value=payload["ok"], report=prepared.report)
+
+
+def default_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+_ERRORS = {name: obj for name, obj in vars(_errors_mod).items()
+           if isinstance(obj, type) and issubclass(obj, PkgsandboxError)}
