@@ -223,12 +223,14 @@ def downgrade(req: Request, abi: int, compat: Compat, min_abi: int = 0) -> Downg
     rules on ABI 1 without breaking; best-effort drops the filesystem rules as a whole
     (reported), the requirement levels treat it like any unsupported right.
     """
+    if abi == 0:
+        return _no_landlock(req, compat, min_abi)
     dropped: list[Dropped] = []
     fs = frozenset(r for r in req.handled_fs if since(r) <= abi)
-    for r in sorted(req.handled_fs - fs, key=since):
+    for r in sorted(req.handled_fs - fs, key=lambda n: FS_RIGHTS[n][0]):
         dropped.append(Dropped(kind="fs_right", item=r, reason=_why(r, abi)))
     net = frozenset(r for r in req.handled_net if since(r) <= abi)
-    for r in sorted(req.handled_net - net, key=since):
+    for r in sorted(req.handled_net - net, key=lambda n: NET_RIGHTS[n][0]):
         dropped.append(Dropped(kind="net_right", item=r, reason=_why(r, abi)))
     for port, right in sorted(req.port_rights):
         if right not in net:
@@ -249,11 +251,6 @@ def downgrade(req: Request, abi: int, compat: Compat, min_abi: int = 0) -> Downg
         fs = frozenset()
 
     requested_something = bool(req.handled_fs or req.handled_net or req.scopes)
-    if abi == 0:
-        dropped.insert(0, Dropped(kind="landlock", item="all rules",
-                                  reason="Landlock unavailable (ABI 0)"))
-        fs, net, sc, fl = frozenset(), frozenset(), frozenset(), frozenset()
-
     base = dict(abi=abi, compat=compat)
     if abi < min_abi:
         return Downgrade(**base, handled_fs=frozenset(), handled_net=frozenset(),
@@ -282,6 +279,28 @@ def downgrade(req: Request, abi: int, compat: Compat, min_abi: int = 0) -> Downg
         status = Status.FULLY
     return Downgrade(**base, handled_fs=fs, handled_net=net, scopes=sc, flags=fl,
                      dropped=tuple(dropped), status=status, may_run=True, restrict=restrict)
+
+
+def _no_landlock(req: Request, compat: Compat, min_abi: int) -> Downgrade:
+    """ABI 0: nothing can be enforced; one dropped item says so."""
+    asked = bool(req.handled_fs or req.handled_net or req.scopes)
+    dropped = (Dropped(kind="landlock", item="all rules", reason="Landlock unavailable (ABI 0)"),
+               ) if asked else ()
+    empty = frozenset()
+    common = dict(abi=0, compat=compat, handled_fs=empty, handled_net=empty, scopes=empty,
+                  flags=empty, dropped=dropped, restrict=False)
+    if min_abi > 0:
+        return Downgrade(**common, status=Status.NOT, may_run=False,
+                         refusal=f"kernel ABI 0 is below the profile's min_abi {min_abi}")
+    if asked and compat is Compat.HARD_REQUIREMENT:
+        return Downgrade(**common, status=Status.NOT, may_run=False,
+                         refusal="hard-requirement: Landlock unavailable (ABI 0)")
+    if asked and compat is Compat.SOFT_REQUIREMENT:
+        return Downgrade(**common, status=Status.NOT, may_run=True,
+                         refusal="soft-requirement not met: Landlock unavailable, "
+                                 "running unconfined")
+    return Downgrade(**common, status=Status.NOT if asked else Status.FULLY, may_run=True,
+                     refusal="Landlock unavailable (ABI 0): running unconfined" if asked else "")
 
 
 def effective_rule_rights(rights: frozenset[str], handled: frozenset[str], *,

@@ -75,7 +75,7 @@ def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = N
         landlock=decision.restrict, no_new_privs=True, dropped=decision.dropped,
         unfixed_errata=unfixed,
         skipped_paths=tuple(f"{g.path} (optional, missing; {g.origin})" for g in policy.skipped),
-        handled_fs=tuple(sorted(decision.handled_fs, key=abi.since)),
+        handled_fs=tuple(sorted(decision.handled_fs, key=lambda r: abi.FS_RIGHTS[r][0])),
         handled_net=tuple(sorted(decision.handled_net)), scopes=tuple(sorted(decision.scopes)),
         flags=tuple(sorted(decision.flags)), note=decision.refusal)
     if not decision.may_run:
