@@ -359,6 +359,99 @@ def cmd_demo(args, s) -> int:
                      out=_out, err=_err)
 
 
+def cmd_pacman(argv: list[str]) -> int:
+    """pacman's operations: -S/-U/-R run sandboxed; read-only ones go to stock pacman."""
+    from . import pacmanargs, transaction
+    parsed = pacmanargs.parse(argv)
+    if parsed.read_only:
+        passthrough = _strip_own_options(argv)
+        try:
+            os.execvp("pacman", ["pacman", *passthrough])
+        except OSError as exc:
+            raise UsageError(f"pacman is needed for this operation: {exc.strerror}") from None
+    cap = parsed.value("abi")
+    fake = argparse.Namespace(abi=int(cap) if cap is not None and cap.isdigit() else cap,
+                              compat=parsed.value("compat"),
+                              profile_dir=parsed.values.get("profile_dir"),
+                              json="json" in parsed.bools)
+    if fake.abi is not None and not isinstance(fake.abi, int):
+        raise UsageError(f"--abi {cap!r}: expected a number from 0 to {abi.KNOWN_ABI}")
+    if fake.compat is not None and fake.compat not in [c.value for c in Compat]:
+        raise UsageError(f"--compat {fake.compat!r}: expected one of "
+                         + ", ".join(c.value for c in Compat))
+    s = _settings(fake)
+    if parsed.op in ("sync", "upgrade") and parsed.count("s") and parsed.op == "sync":
+        raise UsageError("-Ss is a query: it is handed to pacman")
+    opts = transaction.Options(
+        op=parsed.op, targets=parsed.targets, refresh=parsed.count("y"),
+        sysupgrade=parsed.count("u") > 0, downloadonly=parsed.count("w") > 0,
+        print_only=parsed.count("p") > 0, noconfirm="noconfirm" in parsed.bools,
+        needed="needed" in parsed.bools, asdeps="asdeps" in parsed.bools,
+        asexplicit="asexplicit" in parsed.bools, noscriptlet="noscriptlet" in parsed.bools,
+        recursive=parsed.op == "remove" and parsed.count("s") > 0,
+        cascade=parsed.op == "remove" and parsed.count("c") > 0,
+        nosave=parsed.op == "remove" and parsed.count("n") > 0,
+        nodeps=parsed.count("d"), config=parsed.value("config") or "/etc/pacman.conf",
+        root=parsed.value("root"), dbpath=parsed.value("dbpath"),
+        cachedir=parsed.value("cachedir"), logfile=parsed.value("logfile"),
+        gpgdir=parsed.value("gpgdir"), hookdirs=parsed.values.get("hookdir", []),
+        cap=s["cap"], compat=s["compat"], profile_dirs=s["dirs"], json=s["json"])
+    if parsed.op in ("upgrade", "remove") and not parsed.targets:
+        raise UsageError("no targets specified (use -h for help)")
+    if os.geteuid() != 0 and not opts.print_only:
+        raise UsageError("you cannot perform this operation unless you are root.")
+    out = _err if opts.json else _out
+    t = transaction.Transaction(opts, out=out, err=_err)
+    status = 1
+    try:
+        status = t.run()
+        return status
+    except PkgsandboxError as exc:
+        if exc.exit_code == EXIT_FAILED or isinstance(exc, transaction.TransactionFailed):
+            _err(f"error: {exc.message}")
+            status = 1
+            return 1
+        raise
+    finally:
+        if opts.json:
+            _out(json.dumps({"exit_status": status, "installed": t.installed,
+                             "phases": [r.as_dict() for r in t.runs]}, indent=2))
+        else:
+            for line in t.report_lines():
+                _out(line)
+
+
+def _first_is_subcommand(argv: list[str]) -> bool:
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--abi", "--compat", "--profile-dir"):
+            skip = True
+            continue
+        if arg.startswith("-"):
+            return False
+        return arg in COMMANDS
+    return False
+
+
+def _strip_own_options(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.partition("=")[0]
+        if name in ("--abi", "--compat", "--profile-dir"):
+            skip = "=" not in arg
+            continue
+        if arg == "--json":
+            continue
+        out.append(arg)
+    return out
+
+
 COMMANDS = {"run": cmd_run, "doctor": cmd_doctor, "profile": cmd_profile, "demo": cmd_demo}
 
 
@@ -368,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     as_json = "--json" in argv
     try:
+        from . import pacmanargs
+        if argv and argv[0] not in ("-h", "--help", "--version") and \
+                pacmanargs.is_operation(argv) and not _first_is_subcommand(argv):
+            return cmd_pacman(argv)
         args = parser.parse_args(argv)
         if not args.command:
             parser.print_help()

@@ -99,7 +99,8 @@ def _child_setup(prepared: enforce.Prepared, *, chroot: str | None, cwd: str | N
 def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
         cwd: str | None = None, chroot: str | None = None, user: User | None = None,
         umask: int | None = None, timeout: float | None = None, capture: bool = False,
-        stdin=None, input: bytes | None = None, pass_fds: tuple[int, ...] = ()) -> Result:
+        stdin=None, input: bytes | None = None, pass_fds: tuple[int, ...] = (),
+        merge_stderr: bool = False) -> Result:
     """Run argv (no shell, no PATH lookup beyond the given env's PATH) in the prepared domain."""
     if not argv:
         raise ExecError("no command given")
@@ -111,7 +112,8 @@ def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
                 argv, env=env, close_fds=True, pass_fds=pass_fds, start_new_session=True,
                 stdin=subprocess.PIPE if input is not None else stdin,
                 stdout=subprocess.PIPE if capture else None,
-                stderr=subprocess.PIPE if capture else None,
+                stderr=(subprocess.STDOUT if merge_stderr else subprocess.PIPE) if capture
+                else None,
                 preexec_fn=_child_setup(prepared, chroot=chroot, cwd=cwd, user=user,
                                         umask=umask, errpipe=wfd))
         except subprocess.SubprocessError:
@@ -242,3 +244,139 @@ def default_user() -> str:
 
 _ERRORS = {name: obj for name, obj in vars(_errors_mod).items()
            if isinstance(obj, type) and issubclass(obj, PkgsandboxError)}
+
+
+class Channel:
+    """JSON lines over a socket: one side in the parent, the other in a sandboxed child.
+
+    What arrives from a child is data, never code: each message is one JSON object of at most
+    `limit` bytes; anything else ends the conversation.
+    """
+
+    def __init__(self, sock, limit: int = 16 << 20):
+        self.sock = sock
+        self.limit = limit
+        self._buf = b""
+
+    def send(self, obj: dict) -> None:
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+    def recv(self, timeout: float | None = None) -> dict | None:
+        """The next message, or None at end of stream."""
+        while b"\n" not in self._buf:
+            if len(self._buf) > self.limit:
+                raise SetupError("sandboxed worker sent an oversized message")
+            self.sock.settimeout(timeout)
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                raise TimeoutExpired(f"sandboxed worker silent for {timeout:g} s") from None
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise SetupError("sandboxed worker sent an unreadable message") from None
+        if not isinstance(obj, dict):
+            raise SetupError("sandboxed worker sent an unreadable message")
+        return obj
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Worker:
+    """A forked child in its own domain, talking to the parent over a Channel."""
+
+    def __init__(self, pid: int, channel: Channel, report: EnforcementReport):
+        self.pid = pid
+        self.channel = channel
+        self.report = report
+        self.status: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Reap the child; kill its process group if it outlives the timeout."""
+        if self.status is not None:
+            return self.status
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+                return self.status
+            if deadline is not None and time.monotonic() > deadline:
+                _kill_group(self.pid)
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        _kill_group(self.pid)
+        self.wait()
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.status is None:
+            self.kill()
+
+
+def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
+           chroot: str | None = None, cwd: str | None = None) -> Worker:
+    """Fork a child that enters the domain and runs fn(channel, *args). fn's return value
+    (JSON-serialisable) is sent as {"type": "__result__", "value": ...}; an exception as
+    {"type": "__error__", "error": class name, "message": ...}. The child exits after."""
+    import socket as _socket
+    parent_sock, child_sock = _socket.socketpair()
+    errr, errw = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            parent_sock.close()
+            os.close(errr)
+            os.setsid()
+            _child_setup(prepared, chroot=chroot, cwd=cwd, user=user, umask=None,
+                         errpipe=errw)()
+            os.close(errw)
+            chan = Channel(child_sock)
+            try:
+                chan.send({"type": "__result__", "value": fn(chan, *args)})
+            except PkgsandboxError as exc:
+                chan.send({"type": "__error__", "error": type(exc).__name__,
+                           "message": exc.message})
+                status = 1
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                chan.send({"type": "__error__", "error": "SetupError",
+                           "message": f"{type(exc).__name__}: {exc}"})
+                status = 1
+        except BaseException:  # noqa: BLE001
+            status = EXIT_SETUP
+        finally:
+            os._exit(status)
+    child_sock.close()
+    os.close(errw)
+    setup_error = b""
+    try:
+        while True:
+            chunk = os.read(errr, 4096)
+            if not chunk:
+                break
+            setup_error += chunk
+    finally:
+        os.close(errr)
+    if setup_error:
+        os.waitpid(pid, 0)
+        parent_sock.close()
+        raise SetupError(f"sandbox setup failed: {setup_error.decode(errors='replace')}")
+    return Worker(pid, Channel(parent_sock), prepared.report)
+
+
+def raise_remote(message: dict) -> None:
+    """Turn an __error__ message from a worker into the matching exception."""
+    cls = _ERRORS.get(str(message.get("error")), SetupError)
+    text = str(message.get("message", ""))
+    try:
+        error = cls(text)
+    except TypeError:
+        error = SetupError(text)
+    raise error

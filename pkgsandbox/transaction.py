@@ -1,0 +1,542 @@
+"""The orchestrator of a pacman transaction: -S, -Sy, -Syu, -Sw, -U, -R.
+
+Runs in the unconfined parent and handles no untrusted byte itself: it reads pacman.conf,
+takes the database lock, and drives three kinds of sandboxed children, each in its own domain:
+  download   fetches databases and packages into a private directory (as DownloadUser);
+             the parent checks size and sha256, then moves verified files into place;
+  extract    libalpm resolves and commits (scriptlets and libalpm's hooks disabled), pausing
+             at each package;
+  scriptlet  each .INSTALL function, in pacman's order around that package.
+It prints like pacman, asks like pacman, and returns pacman's exit status; every phase run is
+listed in the report.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit, unquote
+
+from . import alpm, enforce, pacmanconf, profile, runner
+from .abi import Compat
+from .errors import BadInput, PkgsandboxError, SetupError
+from .phases import scriptlet
+from .policy import EnforcementReport, PathGrant
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_DIR = "download-pkgsandbox"
+
+
+class TransactionFailed(PkgsandboxError):
+    """pacman's exit status 1: the transaction did not happen (or not completely)."""
+
+
+@dataclass(kw_only=True)
+class Options:
+    op: str                                # sync | upgrade | remove
+    targets: list[str] = field(default_factory=list)
+    refresh: int = 0                       # -y count
+    sysupgrade: bool = False
+    downloadonly: bool = False
+    print_only: bool = False
+    noconfirm: bool = False
+    needed: bool = False
+    asdeps: bool = False
+    asexplicit: bool = False
+    noscriptlet: bool = False
+    recursive: bool = False
+    cascade: bool = False
+    nosave: bool = False
+    nodeps: int = 0
+    config: str = "/etc/pacman.conf"
+    root: str | None = None
+    dbpath: str | None = None
+    cachedir: str | None = None
+    logfile: str | None = None
+    gpgdir: str | None = None
+    hookdirs: list[str] = field(default_factory=list)
+    cap: int | None = None
+    compat: Compat | None = None
+    profile_dirs: list[str] = field(default_factory=list)
+    json: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseRun:
+    phase: str
+    subject: str
+    report: EnforcementReport
+    status: str = "ok"
+
+    def as_dict(self) -> dict:
+        return {"phase": self.phase, "subject": self.subject, "status": self.status,
+                "report": self.report.as_dict()}
+
+
+class Transaction:
+    def __init__(self, opts: Options, *, out=None, err=None, ask=None):
+        self.opts = opts
+        self.out = out or (lambda s: (sys.stdout.write(s + "\n"), sys.stdout.flush()))
+        self.err = err or (lambda s: (sys.stderr.write(s + "\n"), sys.stderr.flush()))
+        self.ask = ask or _ask_stdin
+        self.library = profile.Library(opts.profile_dirs)
+        self.runs: list[PhaseRun] = []
+        self.conf: pacmanconf.PacmanConf | None = None
+        self.installed: list[str] = []
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def load_conf(self) -> pacmanconf.PacmanConf:
+        o = self.opts
+        conf = alpm.read_conf(o.config)
+        for w in conf.warnings:
+            self.err(f"warning: {w}")
+        explicit = _explicit_keys(o.config)
+        conf = pacmanconf.with_overrides(conf, root=o.root, dbpath=o.dbpath,
+                                         cachedir=o.cachedir, logfile=o.logfile,
+                                         gpgdir=o.gpgdir, hookdirs=o.hookdirs or None,
+                                         explicit=explicit)
+        for path, what in ((conf.root, "root"), (conf.dbpath, "database path")):
+            if not os.path.isdir(path):
+                raise BadInput(f"{what} {path} does not exist")
+        self.conf = conf
+        return conf
+
+    # -- main --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        conf = self.load_conf()
+        o = self.opts
+        if o.op == "upgrade":
+            o.targets = self._local_targets(o.targets)
+        handle = alpm.open_handle(conf)
+        flags = {"needed": o.needed, "cascade": o.cascade, "recurse": o.recursive,
+                 "nosave": o.nosave, "nodeps": o.nodeps > 0, "nodepversion": o.nodeps > 0,
+                 "downloadonly": o.downloadonly}
+        if o.op == "remove" and o.recursive:
+            flags["recurse"] = True
+        trans = alpm.lock(handle, {k: v for k, v in flags.items() if v})
+        try:
+            if o.refresh:
+                self.refresh_databases(force=o.refresh > 1)
+            if o.op == "sync" and not o.targets and not o.sysupgrade:
+                return 0
+            return self.commit(handle, trans)
+        finally:
+            alpm.release(trans)
+
+    def _local_targets(self, targets: list[str]) -> list[str]:
+        out = []
+        remote = [t for t in targets if "://" in t]
+        if remote:
+            out += self.fetch_remote(remote)
+        for t in targets:
+            if "://" in t:
+                continue
+            path = os.path.abspath(t)
+            if not os.path.isfile(path):
+                raise BadInput(f"'{t}': cannot open package file: No such file")
+            out.append(path)
+        return out
+
+    # -- download phase ---------------------------------------------------------------------
+
+    def _download_user(self) -> runner.User | None:
+        name = self.conf.download_user
+        if not name or os.geteuid() != 0:
+            return None
+        try:
+            return runner.User.lookup(name)
+        except SetupError:
+            raise SetupError(
+                f"DownloadUser '{name}' (in {self.conf.file}) does not exist: create it "
+                f"(useradd --system --no-create-home {name}) or remove DownloadUser; "
+                f"pkgsandbox never falls back to downloading as root") from None
+
+    def _download_dir(self, user: runner.User | None) -> str:
+        cachedir = self.conf.cachedir
+        os.makedirs(cachedir, mode=0o755, exist_ok=True)
+        path = os.path.join(cachedir, DOWNLOAD_DIR)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o700)
+            st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise SetupError(f"{path} exists and is not a directory: remove it")
+        uid = user.uid if user else os.geteuid()
+        gid = user.gid if user else os.getegid()
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, 0o700)
+        return path
+
+    def _fetch(self, jobs: list, label: str) -> list[dict]:
+        """Run the download phase for jobs; returns fetch_all's results."""
+        from .phases import download
+        user = self._download_user()
+        ddir = self._download_dir(user)
+        urls = [u for j in jobs for u in j.urls]
+        ports = download.ports_for(urls)
+        policy = profile.resolve(self.library.load("download"),
+                                 {"downloaddir": ddir,
+                                  "server_ports": ",".join(map(str, sorted(ports)))},
+                                 phase="download")
+        extra = []
+        for u in urls:
+            parts = urlsplit(u)
+            if parts.scheme == "file":
+                src = os.path.dirname(unquote(parts.path))
+                if os.path.isdir(src):
+                    extra.append(PathGrant(path=src, rights=frozenset({"read_file", "read_dir"}),
+                                           origin="file:// server"))
+        if extra:
+            policy = replace(policy, paths=policy.paths + tuple(dict.fromkeys(extra)))
+        if not ports:
+            policy = replace(policy, ports=())
+        with enforce.prepare(policy, cap=self.opts.cap, compat=self.opts.compat) as prepared:
+            self._warn(prepared.report)
+            result = runner.call(download.fetch_all, jobs, ddir,
+                                 parallel=self.conf.parallel_downloads, prepared=prepared,
+                                 user=user, cwd=ddir, timeout=None)
+        self.runs.append(PhaseRun(phase="download", subject=label, report=result.report))
+        return result.value
+
+    def refresh_databases(self, *, force: bool) -> None:
+        from .phases import download
+        conf = self.conf
+        self.out(":: Synchronizing package databases...")
+        syncdir = os.path.join(conf.dbpath, "sync")
+        os.makedirs(syncdir, mode=0o755, exist_ok=True)
+        jobs = []
+        for repo in conf.repos:
+            if not repo.servers:
+                raise TransactionFailed(f"no servers configured for repository: {repo.name}")
+            current = os.path.join(syncdir, f"{repo.name}.db")
+            mtime = None
+            if not force and os.path.isfile(current):
+                mtime = os.stat(current).st_mtime
+            jobs.append(download.Job(name=f"{repo.name}.db",
+                                     urls=tuple(f"{s.rstrip('/')}/{repo.name}.db"
+                                                for s in repo.servers),
+                                     if_modified_since=mtime))
+        if not jobs:
+            return
+        results = self._fetch(jobs, "sync databases")
+        ddir = os.path.join(conf.cachedir, DOWNLOAD_DIR)
+        failed = []
+        for job, res in zip(jobs, results):
+            repo = job.name[:-3]
+            if res["status"] == "unchanged":
+                self.out(f" {repo} is up to date")
+                continue
+            if res["status"] != "downloaded":
+                self.err(f"error: failed retrieving file '{job.name}' from all mirrors "
+                         f"({res['error']})")
+                failed.append(repo)
+                continue
+            self._install_file(os.path.join(ddir, job.name), os.path.join(syncdir, job.name),
+                               expected_sha256=None, mtime=res.get("mtime"))
+            self.out(f" {repo} downloaded")
+        if failed:
+            raise TransactionFailed("failed to synchronize all databases "
+                                    f"({', '.join(failed)})")
+
+    def fetch_remote(self, urls: list[str]) -> list[str]:
+        from .phases import download
+        jobs, names = [], []
+        for u in urls:
+            name = os.path.basename(urlsplit(u).path)
+            if not name or name in (".", ".."):
+                raise BadInput(f"'{u}': no file name in the URL")
+            names.append(name)
+            jobs.append(download.Job(name=name, urls=(u,)))
+        results = self._fetch(jobs, "remote packages")
+        ddir = os.path.join(self.conf.cachedir, DOWNLOAD_DIR)
+        out = []
+        for name, res in zip(names, results):
+            if res["status"] != "downloaded":
+                raise TransactionFailed(f"failed retrieving file '{name}' ({res['error']})")
+            dest = os.path.join(self.conf.cachedir, name)
+            self._install_file(os.path.join(ddir, name), dest, expected_sha256=None)
+            out.append(dest)
+        return out
+
+    def _install_file(self, src: str, dest: str, *, expected_sha256: str | None,
+                      expected_size: int | None = None, mtime: float | None = None) -> None:
+        """Move a downloaded file into place: regular file only (no links), verified, owned
+        by root, mode 0644; the final name only ever holds a complete, verified file."""
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise TransactionFailed(f"{os.path.basename(src)}: download is not a plain file")
+            if expected_size is not None and st.st_size != expected_size:
+                raise TransactionFailed(f"{os.path.basename(src)}: size {st.st_size} != "
+                                        f"expected {expected_size}")
+            if expected_sha256:
+                h = hashlib.sha256()
+                while chunk := os.read(fd, 1 << 20):
+                    h.update(chunk)
+                if h.hexdigest() != expected_sha256:
+                    raise TransactionFailed(f"{os.path.basename(src)}: sha256 mismatch: the "
+                                            f"package is corrupted; it was not cached")
+            os.fchown(fd, 0, 0) if os.geteuid() == 0 else None
+            os.fchmod(fd, 0o644)
+            if mtime:
+                os.utime(fd, (mtime, mtime))
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(src)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
+        os.replace(src, dest)
+
+    def download_packages(self, plan_add: list[dict]) -> None:
+        from .phases import download
+        need = [p for p in plan_add if p["download_size"] and p["servers"]]
+        if not need:
+            return
+        self.out(":: Retrieving packages...")
+        jobs = [download.Job(name=p["filename"],
+                             urls=tuple(f"{s.rstrip('/')}/{p['filename']}" for s in p["servers"]),
+                             size=p["size"]) for p in need]
+        results = self._fetch(jobs, f"{len(jobs)} packages")
+        ddir = os.path.join(self.conf.cachedir, DOWNLOAD_DIR)
+        failed = []
+        for p, res in zip(need, results):
+            if res["status"] != "downloaded":
+                self.err(f"error: failed retrieving file '{p['filename']}' from all mirrors "
+                         f"({res['error']})")
+                failed.append(p["filename"])
+                continue
+            try:
+                self._install_file(os.path.join(ddir, p["filename"]),
+                                   os.path.join(self.conf.cachedir, p["filename"]),
+                                   expected_sha256=p["sha256"], expected_size=p["size"])
+            except TransactionFailed as exc:
+                self.err(f"error: {exc.message}")
+                failed.append(p["filename"])
+        if failed:
+            raise TransactionFailed("failed to commit transaction (failed to retrieve some "
+                                    "files)")
+
+    # -- extract + scriptlets ---------------------------------------------------------------
+
+    def _extract_policy(self):
+        conf = self.conf
+        if not os.path.exists(conf.logfile):
+            os.makedirs(os.path.dirname(conf.logfile), exist_ok=True)
+            with open(conf.logfile, "a"):
+                pass
+        policy = profile.resolve(self.library.load("extract"),
+                                 {"root": conf.root, "dbpath": conf.dbpath,
+                                  "cachedir": conf.cachedir, "logfile": conf.logfile,
+                                  "gpgdir": conf.gpgdir}, phase="extract")
+        extra = [PathGrant(path=t, rights=frozenset({"read_file"}), origin="-U target")
+                 for t in self.opts.targets if self.opts.op == "upgrade"]
+        extra += [PathGrant(path=d, rights=frozenset({"read_file", "read_dir"}),
+                            origin="CacheDir") for d in conf.cachedirs[1:] if os.path.isdir(d)]
+        if extra:
+            policy = replace(policy, paths=policy.paths + tuple(extra))
+        return policy
+
+    def commit(self, handle, trans) -> int:
+        o = self.opts
+        policy = self._extract_policy()
+        request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade}
+        with enforce.prepare(policy, cap=o.cap, compat=o.compat) as prepared:
+            self._warn(prepared.report)
+            w = runner.worker(alpm.engine, handle, trans, request, prepared=prepared,
+                              cwd=self.conf.root)
+        self.runs.append(PhaseRun(phase="extract", subject=o.op, report=w.report))
+        pending: dict[str, str | None] = {}
+        committed = False
+        try:
+            while True:
+                msg = w.channel.recv()
+                if msg is None:
+                    raise TransactionFailed("the extraction phase ended unexpectedly "
+                                            f"(status {w.wait()})")
+                kind = msg.get("type")
+                if kind == "status":
+                    self.out(str(msg.get("text", "")))
+                elif kind == "log":
+                    self.err(f"{msg.get('level', 'error')}: {msg.get('text', '')}")
+                elif kind == "plan":
+                    go = self.on_plan(msg)
+                    w.channel.send({"type": "go" if go else "abort"})
+                    if not go:
+                        self._finish_worker(w)
+                        return 1 if go is False else 0
+                elif kind == "pkg_start":
+                    self.on_pkg(msg, "pre", pending)
+                    w.channel.send({"type": "continue"})
+                elif kind == "pkg_done":
+                    self.on_pkg(msg, "post", pending)
+                    w.channel.send({"type": "continue"})
+                elif kind == "__result__":
+                    committed = bool((msg.get("value") or {}).get("committed"))
+                    break
+                elif kind == "__error__":
+                    runner.raise_remote(msg)
+                else:
+                    raise TransactionFailed(f"unexpected message from the extraction phase: "
+                                            f"{kind!r}")
+        except PkgsandboxError as exc:
+            raise TransactionFailed(exc.message) from None
+        finally:
+            w.close()
+        return 0 if committed else 1
+
+    def _finish_worker(self, w) -> None:
+        while True:
+            msg = w.channel.recv(timeout=60)
+            if msg is None or msg.get("type") in ("__result__", "__error__"):
+                return
+
+    def on_plan(self, plan: dict):
+        """Print the targets like pacman, ask, download. True: go; False: declined;
+        None: nothing more to do (print-only, download-only, nothing to do)."""
+        o = self.opts
+        adds, removes = plan.get("add", []), plan.get("remove", [])
+        if not adds and not removes:
+            self.out(" there is nothing to do")
+            return None
+        if o.print_only:
+            for p in adds:
+                urls = [f"{s.rstrip('/')}/{p['filename']}" for s in p["servers"]]
+                self.out(urls[0] if urls else p["filename"])
+            for p in removes:
+                self.out(f"{p['name']}-{p['version']}")
+            return None
+        if o.op == "remove":
+            names = "  ".join(f"{p['name']}-{p['version']}" for p in removes)
+            self.out(f"\nPackages ({len(removes)}) {names}\n")
+            total = sum(p.get("isize") or 0 for p in removes)
+            self.out(f"Total Removed Size:  {total / 1048576:.2f} MiB\n")
+            question = "Do you want to remove these packages?"
+        else:
+            names = "  ".join(f"{p['name']}-{p['version']}" for p in adds)
+            self.out(f"\nPackages ({len(adds)}) {names}\n")
+            dl = sum(p.get("download_size") or 0 for p in adds)
+            inst = sum(p.get("isize") or 0 for p in adds)
+            if dl:
+                self.out(f"Total Download Size:   {dl / 1048576:.2f} MiB")
+            self.out(f"Total Installed Size:  {inst / 1048576:.2f} MiB\n")
+            question = "Proceed with download?" if o.downloadonly else \
+                "Proceed with installation?"
+        if not self.confirm(question):
+            return False
+        if o.op != "remove":
+            self.download_packages(adds)
+        if o.downloadonly:
+            return None
+        return True
+
+    def confirm(self, question: str) -> bool:
+        if self.opts.noconfirm:
+            self.out(f":: {question} [Y/n] ")
+            return True
+        return self.ask(f":: {question} [Y/n] ", default=True)
+
+    def on_pkg(self, msg: dict, when: str, pending: dict) -> None:
+        op, name = str(msg.get("op")), str(msg.get("name"))
+        version, old = str(msg.get("version")), msg.get("oldversion")
+        if when == "pre":
+            verb = {"install": "installing", "upgrade": "upgrading", "reinstall": "reinstalling",
+                    "downgrade": "downgrading", "remove": "removing"}.get(op, op)
+            self.out(f"{verb} {name}...")
+            pending[name] = msg.get("scriptlet")
+        script = pending.get(name)
+        if when == "post":
+            pending.pop(name, None)
+            if op != "remove":
+                self.installed.append(name)
+        if not script or self.opts.noscriptlet:
+            return
+        function = scriptlet.function_for(op, when)
+        if not scriptlet.defines(script, function):
+            return
+        args = scriptlet.arguments(op, version, old)
+        try:
+            outcome = scriptlet.run(script=script, function=function, args=args,
+                                    pkgname=name, pkgver=version, root=self.conf.root,
+                                    library=self.library, cap=self.opts.cap,
+                                    compat=self.opts.compat, timeout=600)
+        except PkgsandboxError as exc:
+            self.err(f"error: {name}: {function}: {exc.message}")
+            return
+        for line in outcome.output.splitlines():
+            self.out(line)
+        self._log_scriptlet(outcome.output)
+        status = "ok" if outcome.status == 0 else f"exit {outcome.status}"
+        if outcome.status != 0:
+            self.err("error: command failed to execute correctly")
+        self.runs.append(PhaseRun(phase="scriptlet", subject=f"{name} {function}",
+                                  report=outcome.report, status=status))
+
+    def _log_scriptlet(self, output: str) -> None:
+        if not output:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            with open(self.conf.logfile, "a", encoding="utf-8") as f:
+                for line in output.splitlines():
+                    f.write(f"[{stamp}] [ALPM-SCRIPTLET] {line}\n")
+        except OSError:
+            pass
+
+    def _warn(self, report: EnforcementReport) -> None:
+        if not report.landlock:
+            warning = enforce.unconfined_warning(report)
+            if warning:
+                self.err(warning)
+
+    # -- report ------------------------------------------------------------------------------
+
+    def report_lines(self) -> list[str]:
+        if not self.runs:
+            return []
+        lines = [":: pkgsandbox: what each phase ran under"]
+        for r in self.runs:
+            rep = r.report
+            dropped = [d.item for d in rep.dropped if d.kind != "flag"]
+            extra = f"; not enforced: {', '.join(dropped)}" if dropped else ""
+            lines.append(f" {r.phase:<9} {r.subject:<32} [{rep.profile}] {rep.status}, "
+                         f"ABI {rep.abi}{extra}; {r.status}")
+        return lines
+
+
+def _explicit_keys(path: str) -> frozenset[str]:
+    keys = set()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                s = line.strip()
+                if s and not s.startswith("#") and "=" in s:
+                    keys.add(s.partition("=")[0].strip())
+    except OSError:
+        pass
+    return frozenset(keys)
+
+
+def _ask_stdin(prompt: str, *, default: bool) -> bool:
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        sys.stdout.write("\n")
+        return False          # pacman: no answer (EOF) is no
+    answer = line.strip().lower()
+    if not answer:
+        return default
+    return answer in ("y", "yes")
