@@ -197,11 +197,31 @@ def lock(handle, flags: dict[str, bool]):
         return handle.init_transaction(**kw)
     except pyalpm.error as exc:
         message = _alpm_message(exc)
-        if "lock" in message:
+        if "lock" in message or os.path.exists(os.path.join(handle.dbpath, "db.lck")):
             raise LockError(f"failed to init transaction (unable to lock database)\n"
                             f"  if you're sure a package manager is not already running, "
                             f"you can remove {os.path.join(handle.dbpath, 'db.lck')}") from None
         raise TransactionError(f"failed to init transaction ({message})") from None
+
+
+def lock_only(conf: pacmanconf.PacmanConf):
+    """Hold the database lock while sync databases are refreshed, with a handle that has no
+    database registered (libalpm checks a sync database when it is registered, so the real
+    handle is made after the refresh). Returns the transaction that holds the lock."""
+    try:
+        handle = pyalpm.Handle(conf.root, conf.dbpath)
+    except pyalpm.error as exc:
+        raise TransactionError(f"failed to initialize alpm library: {_alpm_message(exc)} "
+                               f"(root {conf.root}, dbpath {conf.dbpath})") from None
+    disable_libalpm_hooks(handle)
+    return handle, lock(handle, {})
+
+
+def handover(holder, handle, flags: dict[str, bool]):
+    """Pass the lock from the refresh's holder to the transaction's handle in one step (the
+    same hand-over pacman makes between its database update and its transaction)."""
+    release(holder)
+    return lock(handle, flags)
 
 
 def release(trans) -> None:

@@ -114,18 +114,30 @@ class Transaction:
         o = self.opts
         if o.op == "upgrade":
             o.targets = self._local_targets(o.targets)
-        handle = alpm.open_handle(conf)
         flags = {"needed": o.needed, "cascade": o.cascade, "recurse": o.recursive,
                  "nosave": o.nosave, "nodeps": o.nodeps > 0, "nodepversion": o.nodeps > 0,
                  "downloadonly": o.downloadonly}
         if o.op == "remove" and o.recursive:
             flags["recurse"] = True
-        trans = alpm.lock(handle, {k: v for k, v in flags.items() if v})
-        try:
-            if o.refresh:
+        flags = {k: v for k, v in flags.items() if v}
+        if o.refresh:
+            _, holder = alpm.lock_only(conf)
+            try:
                 self.refresh_databases(force=o.refresh > 1)
+            except BaseException:
+                alpm.release(holder)
+                raise
+            if o.op == "sync" and not o.targets and not o.sysupgrade:
+                alpm.release(holder)
+                return 0
+            handle = alpm.open_handle(conf)
+            trans = alpm.handover(holder, handle, flags)
+        else:
             if o.op == "sync" and not o.targets and not o.sysupgrade:
                 return 0
+            handle = alpm.open_handle(conf)
+            trans = alpm.lock(handle, flags)
+        try:
             return self.commit(handle, trans)
         finally:
             alpm.release(trans)
@@ -300,11 +312,12 @@ class Transaction:
         os.close(fd)
         os.replace(src, dest)
 
-    def download_packages(self, plan_add: list[dict]) -> None:
+    def download_packages(self, plan_add: list[dict]) -> bool:
+        """Download what the plan needs; True if anything was downloaded."""
         from .phases import download
         need = [p for p in plan_add if p["download_size"] and p["servers"]]
         if not need:
-            return
+            return False
         self.out(":: Retrieving packages...")
         jobs = [download.Job(name=p["filename"],
                              urls=tuple(f"{s.rstrip('/')}/{p['filename']}" for s in p["servers"]),
@@ -328,6 +341,7 @@ class Transaction:
         if failed:
             raise TransactionFailed("failed to commit transaction (failed to retrieve some "
                                     "files)")
+        return True
 
     # -- extract + scriptlets ---------------------------------------------------------------
 
@@ -350,52 +364,95 @@ class Transaction:
         return policy
 
     def commit(self, handle, trans) -> int:
+        """Resolve in an extract-domain worker; if packages must be downloaded, end it, run
+        the download phase, and commit in a second worker forked from the same locked
+        transaction (libalpm decides what to download when it resolves, so the files must be
+        in the cache before the committing worker resolves)."""
         o = self.opts
         policy = self._extract_policy()
         request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade}
         with enforce.prepare(policy, cap=o.cap, compat=o.compat) as prepared:
             self._warn(prepared.report)
-            w = runner.worker(alpm.engine, handle, trans, request, prepared=prepared,
-                              cwd=self.conf.root)
-        self.runs.append(PhaseRun(phase="extract", subject=o.op, report=w.report))
+            w = self._spawn(prepared, handle, trans, request)
+            try:
+                plan = self._until_plan(w)
+                decision = self.on_plan(plan)
+                if decision != "go":
+                    w.channel.send({"type": "abort"})
+                    self._finish_worker(w)
+                if decision == "declined":
+                    return 1
+                if decision in ("done",):
+                    return 0
+                if decision == "downloaded":
+                    w.close()
+                    w = self._spawn(prepared, handle, trans, request)
+                    again = self._until_plan(w)
+                    if _plan_key(again) != _plan_key(plan):
+                        w.channel.send({"type": "abort"})
+                        raise TransactionFailed("the transaction changed while packages were "
+                                                "downloaded; nothing was installed")
+                    if any(p.get("download_size") for p in again.get("add", [])):
+                        w.channel.send({"type": "abort"})
+                        raise TransactionFailed("downloaded packages were not found in the "
+                                                "cache; nothing was installed")
+                w.channel.send({"type": "go"})
+                return self._until_done(w)
+            except PkgsandboxError as exc:
+                if isinstance(exc, TransactionFailed):
+                    raise
+                raise TransactionFailed(exc.message) from None
+            finally:
+                w.close()
+
+    def _spawn(self, prepared, handle, trans, request):
+        w = runner.worker(alpm.engine, handle, trans, request, prepared=prepared,
+                          cwd=self.conf.root)
+        self.runs.append(PhaseRun(phase="extract", subject=self.opts.op, report=w.report))
+        return w
+
+    def _next(self, w) -> dict:
+        msg = w.channel.recv()
+        if msg is None:
+            raise TransactionFailed(f"the extraction phase ended unexpectedly "
+                                    f"(status {w.wait()})")
+        kind = msg.get("type")
+        if kind == "status":
+            self.out(str(msg.get("text", "")))
+        elif kind == "log":
+            self.err(f"{msg.get('level', 'error')}: {msg.get('text', '')}")
+        elif kind == "__error__":
+            runner.raise_remote(msg)
+        return msg
+
+    def _until_plan(self, w) -> dict:
+        while True:
+            msg = self._next(w)
+            kind = msg.get("type")
+            if kind == "plan":
+                return msg
+            if kind == "__result__":
+                raise TransactionFailed("the extraction phase ended before resolving")
+            if kind not in ("status", "log"):
+                raise TransactionFailed(f"unexpected message from the extraction phase: "
+                                        f"{kind!r}")
+
+    def _until_done(self, w) -> int:
         pending: dict[str, str | None] = {}
-        committed = False
-        try:
-            while True:
-                msg = w.channel.recv()
-                if msg is None:
-                    raise TransactionFailed("the extraction phase ended unexpectedly "
-                                            f"(status {w.wait()})")
-                kind = msg.get("type")
-                if kind == "status":
-                    self.out(str(msg.get("text", "")))
-                elif kind == "log":
-                    self.err(f"{msg.get('level', 'error')}: {msg.get('text', '')}")
-                elif kind == "plan":
-                    go = self.on_plan(msg)
-                    w.channel.send({"type": "go" if go else "abort"})
-                    if not go:
-                        self._finish_worker(w)
-                        return 1 if go is False else 0
-                elif kind == "pkg_start":
-                    self.on_pkg(msg, "pre", pending)
-                    w.channel.send({"type": "continue"})
-                elif kind == "pkg_done":
-                    self.on_pkg(msg, "post", pending)
-                    w.channel.send({"type": "continue"})
-                elif kind == "__result__":
-                    committed = bool((msg.get("value") or {}).get("committed"))
-                    break
-                elif kind == "__error__":
-                    runner.raise_remote(msg)
-                else:
-                    raise TransactionFailed(f"unexpected message from the extraction phase: "
-                                            f"{kind!r}")
-        except PkgsandboxError as exc:
-            raise TransactionFailed(exc.message) from None
-        finally:
-            w.close()
-        return 0 if committed else 1
+        while True:
+            msg = self._next(w)
+            kind = msg.get("type")
+            if kind == "pkg_start":
+                self.on_pkg(msg, "pre", pending)
+                w.channel.send({"type": "continue"})
+            elif kind == "pkg_done":
+                self.on_pkg(msg, "post", pending)
+                w.channel.send({"type": "continue"})
+            elif kind == "__result__":
+                return 0 if (msg.get("value") or {}).get("committed") else 1
+            elif kind not in ("status", "log"):
+                raise TransactionFailed(f"unexpected message from the extraction phase: "
+                                        f"{kind!r}")
 
     def _finish_worker(self, w) -> None:
         while True:
@@ -403,21 +460,22 @@ class Transaction:
             if msg is None or msg.get("type") in ("__result__", "__error__"):
                 return
 
-    def on_plan(self, plan: dict):
-        """Print the targets like pacman, ask, download. True: go; False: declined;
-        None: nothing more to do (print-only, download-only, nothing to do)."""
+    def on_plan(self, plan: dict) -> str:
+        """Print the targets like pacman, ask, download. Returns "go", "downloaded" (go, in a
+        new worker), "done" (nothing more: print-only, download-only, nothing to do) or
+        "declined"."""
         o = self.opts
         adds, removes = plan.get("add", []), plan.get("remove", [])
         if not adds and not removes:
             self.out(" there is nothing to do")
-            return None
+            return "done"
         if o.print_only:
             for p in adds:
                 urls = [f"{s.rstrip('/')}/{p['filename']}" for s in p["servers"]]
                 self.out(urls[0] if urls else p["filename"])
             for p in removes:
                 self.out(f"{p['name']}-{p['version']}")
-            return None
+            return "done"
         if o.op == "remove":
             names = "  ".join(f"{p['name']}-{p['version']}" for p in removes)
             self.out(f"\nPackages ({len(removes)}) {names}\n")
@@ -435,12 +493,13 @@ class Transaction:
             question = "Proceed with download?" if o.downloadonly else \
                 "Proceed with installation?"
         if not self.confirm(question):
-            return False
+            return "declined"
+        downloaded = False
         if o.op != "remove":
-            self.download_packages(adds)
+            downloaded = self.download_packages(adds)
         if o.downloadonly:
-            return None
-        return True
+            return "done"
+        return "downloaded" if downloaded else "go"
 
     def confirm(self, question: str) -> bool:
         if self.opts.noconfirm:
@@ -540,3 +599,8 @@ def _ask_stdin(prompt: str, *, default: bool) -> bool:
     if not answer:
         return default
     return answer in ("y", "yes")
+
+
+def _plan_key(plan: dict) -> tuple:
+    return (tuple((p.get("name"), p.get("version")) for p in plan.get("add", [])),
+            tuple((p.get("name"), p.get("version")) for p in plan.get("remove", [])))

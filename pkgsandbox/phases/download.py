@@ -17,6 +17,7 @@ import errno
 import http.client
 import logging
 import os
+import pwd
 import re
 import ssl
 import stat
@@ -311,8 +312,16 @@ class _Session:
         try:
             total = offset
             while True:
-                want = min(CHUNK, limit - total + 1)
-                chunk = read(want)
+                try:
+                    chunk = read(min(CHUNK, limit - total + 1))
+                except TimeoutError:
+                    raise _Failure(f"stalled: no data for {self.stall_timeout:g} s "
+                                   f"(after {total - offset} bytes of the body)") from None
+                except OSError as exc:
+                    raise _Failure(f"reading {source}: {_os_message(exc)} (after "
+                                   f"{total - offset} bytes of the body)") from None
+                except http.client.HTTPException as exc:
+                    raise _Failure(f"bad response body: {_describe(exc)}") from None
                 if not chunk:
                     break
                 total += len(chunk)
@@ -320,19 +329,16 @@ class _Session:
                     what = f"expected {job.size}" if job.size is not None \
                         else f"the limit is {job.max_size}"
                     raise _Failure(f"too large: more than {limit} bytes ({what})", discard=True)
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    raise _Failure(f"cannot write {job.name}{PART_SUFFIX}: "
+                                   f"{_os_message(exc)}") from None
             if expected is not None and total < expected:
                 raise _Failure(f"short: {source} ended after {total} of {expected} bytes")
             if job.size is not None and total != job.size:
-                raise _Failure(f"short: got {total} of {job.size} bytes")
+                raise _Failure(f"short: {source} ended after {total} of {job.size} bytes")
             return self._finish(job, out, url, mtime_ns=mtime_ns)
-        except TimeoutError:
-            raise _Failure(f"stalled: no data for {self.stall_timeout:g} s "
-                           f"(after {total - offset} bytes of the body)") from None
-        except OSError as exc:
-            raise _Failure(f"{source}: {_os_message(exc)}") from None
-        except http.client.HTTPException as exc:
-            raise _Failure(f"bad response body: {_describe(exc)}") from None
         finally:
             out.close()
 
@@ -534,9 +540,8 @@ def _open_destdir(destdir: str) -> int:
 def _whoami() -> str:
     uid = os.geteuid()
     try:
-        import pwd
         return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (KeyError, OSError, ImportError):
+    except (KeyError, OSError):
         return f"uid {uid}"
 
 

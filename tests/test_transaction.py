@@ -1,0 +1,161 @@
+"""Sandboxed transactions compared with stock pacman on twin roots (file:// mirror).
+
+Each test performs the same transaction with stock pacman on one root and with pkgsandbox on
+its twin, then compares the installed trees (paths, modes, contents), `pacman -Q`,
+`pacman -Qk`, and the scriptlet calls in order.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pkgsandbox.repobuild import PkgFile, PkgSpec, build_repo
+from tests.support.twin import (ALL_FUNCTIONS, assert_twins, new_root, query, recorder,
+                                sandboxed, stock)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="transactions need root")
+
+
+def base_specs(version="1.0-1", conf_text=b"a=1\n"):
+    return [
+        PkgSpec(name="libfoo", version=version,
+                files=(PkgFile(path="usr/lib/libfoo.so", content=b"libfoo " + version.encode()),
+                       PkgFile(path="etc/foo.conf", content=conf_text)),
+                backup=("etc/foo.conf",), install=recorder(*ALL_FUNCTIONS)),
+        PkgSpec(name="hello", version=version, depends=("libfoo",),
+                files=(PkgFile(path="usr/bin/hello", content=b"#!/bin/sh\necho hello\n",
+                               mode=0o755),
+                       PkgFile(path="usr/share/hello/doc", content=b"doc " + version.encode()),
+                       PkgFile(path="usr/share/hello/link", symlink="doc")),
+                install=recorder(*ALL_FUNCTIONS)),
+        PkgSpec(name="quiet", version=version,
+                files=(PkgFile(path="usr/share/quiet/data", content=b"q"),)),
+    ]
+
+
+@pytest.fixture
+def repo(tmp_path):
+    d = tmp_path / "repo"
+    build_repo(base_specs(), d)
+    return d
+
+
+@pytest.fixture
+def twins(tmp_path, repo):
+    server = f"file://{repo}"
+    return new_root(tmp_path, "stock", server), new_root(tmp_path, "sandboxed", server)
+
+
+def test_sync_install_with_dependencies(twins):
+    a, b = twins
+    stock(a, "-Sy", "hello")
+    r = sandboxed(b, "-Sy", "hello")
+    assert "installing libfoo..." in r.stdout and "installing hello..." in r.stdout
+    assert b.calls() == ["pre_install 1.0-1", "post_install 1.0-1",
+                         "pre_install 1.0-1", "post_install 1.0-1"]
+    assert_twins(a, b)
+    assert "[scriptlet]" in r.stdout and "[extract]" in r.stdout and "[download]" in r.stdout
+
+
+def test_sysupgrade_runs_upgrade_scriptlets(twins, tmp_path, repo):
+    a, b = twins
+    stock(a, "-Sy", "hello", "quiet")
+    sandboxed(b, "-Sy", "hello", "quiet")
+    build_repo(base_specs("2.0-1"), repo)
+    stock(a, "-Syyu")
+    r = sandboxed(b, "-Syyu")
+    assert "upgrading hello..." in r.stdout
+    assert "pre_upgrade 2.0-1 1.0-1" in b.calls() and "post_upgrade 2.0-1 1.0-1" in b.calls()
+    assert_twins(a, b)
+
+
+def test_local_files_with_U(twins, repo):
+    a, b = twins
+    files = [str(repo / "libfoo-1.0-1-any.pkg.tar.zst"), str(repo / "hello-1.0-1-any.pkg.tar.zst")]
+    stock(a, "-U", *files)
+    sandboxed(b, "-U", *files)
+    assert_twins(a, b)
+
+
+def test_remove_and_recursive_remove(twins):
+    a, b = twins
+    for root, run in ((a, stock), (b, sandboxed)):
+        run(root, "-Sy", "hello", "quiet")
+        run(root, "-R", "quiet")
+        run(root, "-Rs", "hello")
+    assert "pre_remove 1.0-1" in b.calls() and "post_remove 1.0-1" in b.calls()
+    assert query(b, "-Q").stdout == ""
+    assert_twins(a, b)
+
+
+def test_backup_file_becomes_pacnew(twins, repo):
+    a, b = twins
+    for root, run in ((a, stock), (b, sandboxed)):
+        run(root, "-Sy", "libfoo")
+        (root.path / "etc/foo.conf").write_text("a=local\n")
+    build_repo(base_specs("2.0-1", conf_text=b"a=2\n"), repo)
+    stock(a, "-Syyu")
+    sandboxed(b, "-Syyu")
+    assert (b.path / "etc/foo.conf").read_text() == "a=local\n"
+    assert (b.path / "etc/foo.conf.pacnew").read_text() == "a=2\n"
+    assert_twins(a, b)
+
+
+def test_file_conflict_is_refused_like_pacman(twins):
+    a, b = twins
+    for root in (a, b):
+        (root.path / "usr/bin/hello").write_text("mine\n")
+    ra = stock(a, "-Sy", "hello", check=False)
+    rb = sandboxed(b, "-Sy", "hello", check=False)
+    assert ra.returncode == rb.returncode == 1
+    assert "conflict" in rb.stderr.lower() or "exists in filesystem" in rb.stderr + rb.stdout
+    assert (b.path / "usr/bin/hello").read_text() == "mine\n"
+    assert query(b, "-Q").stdout == ""
+    assert_twins(a, b)
+
+
+def test_unknown_target_is_an_error(twins):
+    _, b = twins
+    r = sandboxed(b, "-Sy", "no-such-package", check=False)
+    assert r.returncode == 1
+    assert "target not found: no-such-package" in r.stderr
+
+
+def test_lock_is_held_and_refuses_a_concurrent_transaction(twins):
+    _, b = twins
+    lock = b.path / "var/lib/pacman/db.lck"
+    lock.write_text("")
+    r = sandboxed(b, "-Sy", "hello", check=False)
+    assert r.returncode == 1 and "unable to lock database" in r.stderr
+    assert lock.exists()
+    lock.unlink()
+    sandboxed(b, "-Sy", "hello")
+    assert not lock.exists()
+
+
+def test_no_hook_runs_inside_the_extraction_child(twins):
+    """libalpm adds {root}/usr/share/libalpm/hooks by itself; pkgsandbox empties the list."""
+    _, b = twins
+    hooks = b.path / "usr/share/libalpm/hooks"
+    hooks.mkdir(parents=True)
+    (hooks / "marker.hook").write_text(
+        "[Trigger]\nOperation = Install\nType = Package\nTarget = *\n\n[Action]\n"
+        "When = PostTransaction\nExec = /bin/sh -c 'echo ran > /tmp/hook-ran'\n")
+    sandboxed(b, "-Sy", "hello")
+    assert query(b, "-Q").stdout.startswith("hello")
+    assert not (b.path / "tmp/hook-ran").exists()
+
+
+def test_download_only_and_print(twins):
+    _, b = twins
+    r = sandboxed(b, "-Syp", "hello")
+    assert r.returncode == 0
+    assert "hello-1.0-1-any.pkg.tar.zst" in r.stdout
+    assert query(b, "-Q").stdout == ""
+    r = sandboxed(b, "-Sw", "hello")
+    assert r.returncode == 0
+    cache = b.path / "var/cache/pacman/pkg"
+    assert (cache / "hello-1.0-1-any.pkg.tar.zst").exists()
+    assert query(b, "-Q").stdout == ""
