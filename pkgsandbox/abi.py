@@ -233,6 +233,8 @@ def downgrade(req: Request, abi: int, compat: Compat, min_abi: int = 0) -> Downg
     for r in sorted(req.handled_net - net, key=lambda n: NET_RIGHTS[n][0]):
         dropped.append(Dropped(kind="net_right", item=r, reason=_why(r, abi)))
     for port, right in sorted(req.port_rights):
+        if right not in req.handled_net:
+            continue  # the policy does not handle this right: the rule changes nothing
         if right not in net:
             dropped.append(Dropped(kind="port_rule", item=f"{right}:{port}",
                                    reason=_why(right, abi)))

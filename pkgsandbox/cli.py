@@ -42,6 +42,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     g.add_argument("--compat", choices=[c.value for c in Compat], default=default,
                    help="override every profile's compatibility level")
     g.add_argument("--profile-dir", action="append", metavar="DIR",
+                   dest="profile_dir_sub" if suppress else "profile_dir",
                    default=default, help="search DIR for profiles first (repeatable)")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress
                    else False, help="machine-readable output")
@@ -108,7 +109,8 @@ def _settings(args) -> dict:
         raise UsageError(f"--abi {cap}: expected a number from 0 to {abi.KNOWN_ABI}")
     compat = getattr(args, "compat", None)
     return {"cap": cap, "compat": Compat(compat) if compat else None,
-            "dirs": getattr(args, "profile_dir", None) or [],
+            "dirs": (getattr(args, "profile_dir", None) or [])
+            + (getattr(args, "profile_dir_sub", None) or []),
             "json": bool(getattr(args, "json", False))}
 
 

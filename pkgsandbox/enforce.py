@@ -51,15 +51,10 @@ def decide(policy: Policy, *, kernel: landlock.KernelSupport, cap: int | None,
     """Pure decision for this kernel and cap (what `profile explain` shows)."""
     level = compat or policy.compat
     in_force = abi.clamp(kernel.abi, cap)
-    request = policy.request()
-    if in_force == 1 and kernel.abi >= 2 and "refer" not in request.granted_fs:
-        # A real ABI 1 kernel always denies reparenting; with the cap on a newer kernel,
-        # handling REFER without granting it reproduces that exactly.
-        request = replace(request, handled_fs=request.handled_fs | {"refer"})
-    decision = abi.downgrade(request, in_force, level, policy.min_abi)
-    if in_force == 1 and kernel.abi >= 2 and decision.handled_fs:
-        decision = replace(decision, handled_fs=decision.handled_fs | {"refer"})
-    return decision
+    # No special case is needed for the cap at 1 on a newer kernel: the kernel treats REFER
+    # as handled by any ruleset that handles filesystem access, so reparenting is refused
+    # (EXDEV) exactly as on a real ABI 1 kernel (shown by tests/test_enforcement.py).
+    return abi.downgrade(policy.request(), in_force, level, policy.min_abi)
 
 
 def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = None,

@@ -94,6 +94,7 @@ class Profile:
     env_allow: tuple[str, ...] = ()
     env_set: tuple[tuple[str, str], ...] = ()
     chain: tuple[str, ...] = ()   # files merged, base first
+    explicit: frozenset[str] = frozenset()   # single-value keys some file in the chain set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,8 +116,11 @@ class _Doc:
             self.fail(node, key, f"must be a single value (got a {_kind(node)})")
         try:
             return self._loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.fail(node, key, f"unreadable value ({getattr(exc, 'problem', exc)})")
+        except ProfileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - YAML's constructors raise many kinds
+            problem = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+            self.fail(node, key, f"unreadable value ({_oneline(problem)})")
 
     def string(self, node, key: str) -> str:
         value = self.scalar(node, key)
@@ -136,15 +140,19 @@ class _Doc:
             self.fail(node, key, f"must be an integer (got {_show(value)})")
         return value
 
-    def mapping(self, node, key: str, allowed: tuple[str, ...]) -> dict[str, tuple]:
-        """{key: (key_node, value_node)}; unknown and duplicate keys are errors."""
+    def mapping(self, node, key: str, allowed: tuple[str, ...] | None) -> dict[str, tuple]:
+        """{key: (key_node, value_node)}; unknown (when `allowed` is given) and duplicate
+        keys are errors. Keys must be strings."""
         if not isinstance(node, yaml.MappingNode):
             self.fail(node, key, f"must be a mapping (got a {_kind(node)})")
         out: dict[str, tuple] = {}
         for knode, vnode in node.value:
             name = self.scalar(knode, key or "key")
-            path = f"{key}.{name}" if key else str(name)
-            if not isinstance(name, str) or name not in allowed:
+            shown = _oneline(str(name))
+            path = f"{key}.{shown}" if key else shown
+            if not isinstance(name, str):
+                self.fail(knode, path, f"key must be a string (got {_show(name)})")
+            if allowed is not None and name not in allowed:
                 self.fail(knode, path, "unknown key (known: " + ", ".join(allowed) + ")")
             if name in out:
                 self.fail(knode, path, "duplicate key")
@@ -168,7 +176,12 @@ def _kind(node) -> str:
 
 
 def _show(value) -> str:
-    return "nothing" if value is None else repr(value)
+    return "nothing" if value is None else _oneline(repr(value))
+
+
+def _oneline(text: str) -> str:
+    """Messages are one line whatever a profile contains."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _compose(file: str, text: str):
@@ -177,9 +190,15 @@ def _compose(file: str, text: str):
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise ProfileError(file, line, "", f"invalid YAML: {exc.problem or exc.context}") from None
+        problem = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.context_mark and exc.problem_mark \
+                and exc.context_mark.line != exc.problem_mark.line:
+            problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        raise ProfileError(file, line, "", f"invalid YAML: {_oneline(problem)}") from None
     except yaml.YAMLError as exc:
-        raise ProfileError(file, None, "", f"invalid YAML: {exc}") from None
+        raise ProfileError(file, None, "", f"invalid YAML: {_oneline(str(exc))}") from None
+    except RecursionError:
+        raise ProfileError(file, None, "", "invalid YAML: nested too deeply") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,11 +234,11 @@ def check_template(doc: _Doc, node, key: str, template: str) -> None:
     """A path template must be absolute once substituted, and use only known variables."""
     for var in _VAR.findall(template):
         if var not in VARIABLES or var == "server_ports":
-            doc.fail(node, key, f"unknown variable {{{var}}} (known: "
+            doc.fail(node, key, f"unknown variable {{{_oneline(var)}}} (known: "
                      + ", ".join(v for v in VARIABLES if v != "server_ports") + ")")
     stripped = _VAR.sub("", template)
     if "{" in stripped or "}" in stripped:
-        doc.fail(node, key, f"unbalanced brace in {template!r}")
+        doc.fail(node, key, f"unbalanced brace in {_show(template)}")
     if not (template.startswith("/") or template.startswith("{")):
         doc.fail(node, key, f"must be absolute (got {template!r})")
     if template.startswith("{") and not substitute(template, VARIABLES).startswith("/"):
@@ -336,8 +355,7 @@ def _parse(file: str, text: str, default_name: str) -> _Parsed:
                 allow.append(value)
             fields["env_allow"] = tuple(allow)
         if "set" in entry:
-            setmap = doc.mapping(entry["set"][1], "environment.set",
-                                 tuple(_mapping_keys(entry["set"][1])))
+            setmap = doc.mapping(entry["set"][1], "environment.set", None)
             values = []
             for k, (kn, vn) in setmap.items():
                 if not _ENV_NAME.match(k) or k.endswith("*"):
@@ -348,12 +366,6 @@ def _parse(file: str, text: str, default_name: str) -> _Parsed:
                 values.append((k, str(v).lower() if isinstance(v, bool) else str(v)))
             fields["env_set"] = tuple(values)
     return _Parsed(name=name, file=file, extends=tuple(extends), fields=fields)
-
-
-def _mapping_keys(node) -> list:
-    if not isinstance(node, yaml.MappingNode):
-        return []
-    return [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,20 +447,25 @@ class Library:
         if key in stack:
             raise ProfileError(file, None, "extends", "loop: " + " -> ".join(
                 list(stack[stack.index(key):]) + [key]))
-        parsed = _parse(file, self._read(path), path.stem)
+        try:
+            parsed = _parse(file, self._read(path), path.stem)
+        except RecursionError:
+            raise ProfileError(file, None, "", "nested too deeply") from None
         parents: list[Profile] = []
         extends = parsed.extends or (((implicit_parent, 0),) if implicit_parent else ())
         for parent_name, line in extends:
-            parent_path = self.find(parent_name)
-            if parent_path is None:
-                raise ProfileError(file, line or None, "extends",
-                                   f"profile {parent_name!r} not found")
-            if os.path.realpath(parent_path) == key:
-                # An admin's profile extending the shipped one of the same name.
+            if parent_name == path.stem and self._on_path(path):
+                # An admin's profile extending the one of the same name further down the
+                # search path (the shipped one, in the end).
                 parent_path = self._next_after(parent_name, path)
                 if parent_path is None:
                     raise ProfileError(file, line or None, "extends",
                                        f"loop: {parent_name} extends itself")
+            else:
+                parent_path = self.find(parent_name)
+            if parent_path is None:
+                raise ProfileError(file, line or None, "extends",
+                                   f"profile {parent_name!r} not found")
             try:
                 parents.append(self._load(parent_path, stack=stack + (key,)))
             except ProfileError as exc:
@@ -457,6 +474,10 @@ class Library:
                                        exc.message.split("extends: ", 1)[-1]) from None
                 raise
         return _merge(parsed, parents)
+
+    def _on_path(self, path: Path) -> bool:
+        real = os.path.realpath(path.parent)
+        return any(os.path.realpath(d) == real for d in self.dirs)
 
     def _next_after(self, name: str, path: Path) -> Path | None:
         found = False
@@ -476,15 +497,15 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
     base = dict(phase=None, description="", compat=Compat.BEST_EFFORT, min_abi=0,
                 filesystem=(), ports=(), scopes=frozenset(abi.SCOPES), logging=Logging(),
                 env_allow=(), env_set=(), chain=())
+    explicit: set[str] = set()
     for p in parents:
-        base["phase"] = p.phase or base["phase"]
-        base["description"] = p.description or base["description"]
-        base["compat"] = p.compat
+        for k in ("phase", "description", "compat", "scopes", "logging"):
+            if k in p.explicit:
+                base[k] = getattr(p, k)
         base["min_abi"] = max(base["min_abi"], p.min_abi)
         base["filesystem"] += p.filesystem
         base["ports"] += p.ports
-        base["scopes"] = p.scopes
-        base["logging"] = p.logging
+        explicit |= p.explicit
         base["env_allow"] += tuple(a for a in p.env_allow if a not in base["env_allow"])
         base["env_set"] = _merge_env(base["env_set"], p.env_set)
         base["chain"] += tuple(c for c in p.chain if c not in base["chain"])
@@ -492,15 +513,17 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
     for k in ("phase", "description", "compat", "min_abi", "scopes"):
         if k in f:
             base[k] = f[k]
+            explicit.add(k)
     base["filesystem"] += f.get("filesystem", ())
     base["ports"] += f.get("ports", ())
     if "logging" in f:
         cur = base["logging"]
         base["logging"] = Logging(**{**cur.__dict__, **f["logging"]})
+        explicit.add("logging")
     base["env_allow"] += tuple(a for a in f.get("env_allow", ()) if a not in base["env_allow"])
     base["env_set"] = _merge_env(base["env_set"], f.get("env_set", ()))
     base["chain"] += (parsed.file,)
-    return Profile(name=parsed.name, file=parsed.file, **base)
+    return Profile(name=parsed.name, file=parsed.file, explicit=frozenset(explicit), **base)
 
 
 def _merge_env(a, b):
@@ -526,9 +549,8 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
             phase: str | None = None, check_paths: bool = True) -> Policy:
     """Substitute variables and check paths: a Policy ready for enforce.prepare()."""
     values = dict(variables or {})
-    for name in values:
-        if name not in VARIABLES:
-            raise BadInput(f"unknown variable {{{name}}} (known: {', '.join(VARIABLES)})")
+    for name, value in values.items():
+        check_value(name, value)
     paths, skipped = [], []
     for g in profile.filesystem:
         missing = [v for v in _VAR.findall(g.path) if v not in values]
@@ -571,11 +593,35 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
         skipped=tuple(skipped))
 
 
+NAME_VARIABLES = frozenset({"pkgname", "pkgver", "hookname"})
+_NAME_VALUE = re.compile(r"^[A-Za-z0-9@_+][A-Za-z0-9@._+:~-]*$")
+
+
+def check_value(name: str, value: str) -> None:
+    """A variable's value: names are plain names (never a path: '{root}/var/lib/{pkgname}'
+    with pkgname '../../bin' would grant /bin); paths are absolute, without '..'."""
+    if name not in VARIABLES:
+        raise BadInput(f"unknown variable {{{_oneline(name)}}} (known: {', '.join(VARIABLES)})")
+    if not isinstance(value, str) or "\0" in value or "\n" in value:
+        raise BadInput(f"variable {{{name}}}: invalid value {_show(value)}")
+    if name in NAME_VARIABLES:
+        if not _NAME_VALUE.match(value):
+            raise BadInput(f"variable {{{name}}}: not a plain name: {_show(value)}")
+    elif name == "server_ports":
+        return
+    else:
+        if not value.startswith("/"):
+            raise BadInput(f"variable {{{name}}}: must be an absolute path (got {_show(value)})")
+        if ".." in value.split("/"):
+            raise BadInput(f"variable {{{name}}}: must not contain '..' (got {_show(value)})")
+
+
 def parse_var(text: str) -> tuple[str, str]:
     """--var K=V."""
     if "=" not in text:
         raise BadInput(f"--var {text!r}: expected NAME=VALUE")
     k, v = text.split("=", 1)
     if k not in VARIABLES:
-        raise BadInput(f"--var {k}: unknown variable (known: {', '.join(VARIABLES)})")
+        raise BadInput(f"--var {_oneline(k)}: unknown variable (known: {', '.join(VARIABLES)})")
+    check_value(k, v)
     return k, v

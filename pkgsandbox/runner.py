@@ -135,7 +135,7 @@ def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
         out, err = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
-        proc.communicate()
+        _reap_after_kill(proc)
         raise TimeoutExpired(f"{argv[0]}: timed out after {timeout:g} s; process group killed",
                              report=prepared.report.as_dict()) from None
     except BaseException:
@@ -148,6 +148,34 @@ def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
         report = replace(report, user=user.name if user else "", chroot=chroot or "")
     return Result(returncode=proc.returncode, stdout=out, stderr=err, report=report,
                   duration=time.monotonic() - start)
+
+
+def _reap_after_kill(proc) -> None:
+    """After the group was killed: a descendant that left the group (setsid) may still hold
+    the output pipes; do not wait for it, only for the program itself."""
+    try:
+        proc.communicate(timeout=1)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdout, proc.stderr, proc.stdin):
+            if stream:
+                stream.close()
+        proc.wait()
+
+
+def _close_inherited(keep: set[int]) -> None:
+    """In a forked child: close every descriptor but stdio and `keep`, so a function run in
+    the domain cannot use what the parent had open (a descriptor opened before the domain is
+    not restricted by Landlock)."""
+    try:
+        fds = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _kill_group(pid: int) -> None:
@@ -181,6 +209,7 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
             os.setsid()
             _child_setup(prepared, chroot=chroot, cwd=cwd, user=user, umask=None,
                          errpipe=wfd)()
+            _close_inherited({wfd})
             try:
                 payload = {"ok": fn(*args, **kwargs)}
             except PkgsandboxError as exc:
@@ -338,6 +367,7 @@ def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
             _child_setup(prepared, chroot=chroot, cwd=cwd, user=user, umask=None,
                          errpipe=errw)()
             os.close(errw)
+            _close_inherited({child_sock.fileno()})
             chan = Channel(child_sock)
             try:
                 chan.send({"type": "__result__", "value": fn(chan, *args)})

@@ -7,7 +7,10 @@ there, appends to it, renames it to NAME, and removes a .part it must discard), 
 Everything that comes from a mirror is untrusted: body sizes are capped, redirects may not
 leave the mirror ports or turn into a file:// read, text from a server is made printable
 before it reaches a message, and nothing here interprets the bytes it stores (the orchestrator
-verifies and moves them). Job and ports_for() are pure; standard library only.
+verifies and moves them). A NAME.part left by a failed attempt is resumed with Range and
+If-Range: its mtime is the Last-Modified of the file it is part of, so a file that changed on
+the mirror since (a sync database) is fetched whole instead of spliced onto stale bytes.
+Job and ports_for() are pure; standard library only.
 """
 from __future__ import annotations
 
@@ -256,21 +259,22 @@ class _Session:
 
     # -- the download directory ---------------------------------------------------------------
 
-    def _part_size(self, job: Job) -> int:
-        """Bytes already in NAME.part that may be resumed (0: start afresh)."""
+    def _part(self, job: Job) -> tuple[int, float]:
+        """(bytes, mtime) of NAME.part if it may be resumed; (0, 0) to start afresh. A failed
+        attempt leaves the .part's mtime at the Last-Modified of the file it came from."""
         try:
             st = os.stat(job.name + PART_SUFFIX, dir_fd=self.dirfd, follow_symlinks=False)
         except FileNotFoundError:
-            return 0
+            return 0, 0.0
         except OSError as exc:
             raise _Failure(f"{job.name}{PART_SUFFIX}: {_os_message(exc)}") from None
         if not stat.S_ISREG(st.st_mode):
             self._unlink_part(job)
-            return 0
+            return 0, 0.0
         if st.st_size > job.limit or (job.size is None and st.st_size == job.limit):
             self._unlink_part(job)
-            return 0
-        return st.st_size
+            return 0, 0.0
+        return st.st_size, st.st_mtime
 
     def _open_part(self, job: Job, *, append: bool):
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
@@ -339,6 +343,15 @@ class _Session:
             if job.size is not None and total != job.size:
                 raise _Failure(f"short: {source} ended after {total} of {job.size} bytes")
             return self._finish(job, out, url, mtime_ns=mtime_ns)
+        except _Failure as failure:
+            if mtime_ns is not None and not failure.discard and not out.closed:
+                # Mark what the bytes are a part of: the next attempt resumes with this date
+                # as its If-Range, so a file that changed since is fetched whole, not spliced.
+                try:
+                    os.utime(out.fileno(), ns=(mtime_ns, mtime_ns))
+                except OSError:
+                    pass
+            raise
         finally:
             out.close()
 
@@ -371,7 +384,7 @@ class _Session:
         origin = urlsplit(url)
         current = url
         hops = 0
-        offset = self._part_size(job)
+        offset, part_mtime = self._part(job)
         restarted = False
         while True:
             parts, port = _split(current)
@@ -381,6 +394,7 @@ class _Session:
                            "Accept-Encoding": "identity", "Connection": "close"}
                 if offset:
                     headers["Range"] = f"bytes={offset}-"
+                    headers["If-Range"] = email.utils.formatdate(part_mtime, usegmt=True)
                 if job.if_modified_since is not None:
                     headers["If-Modified-Since"] = email.utils.formatdate(
                         job.if_modified_since, usegmt=True)
