@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 
-from . import abi, landlock
+from . import abi, landlock, safepath
 from .abi import Compat, Status
 from .errors import RequirementError, SetupError
 from .policy import EnforcementReport, Policy
@@ -86,10 +86,18 @@ def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = N
             scoped=abi.mask(abi.SCOPES, decision.scopes),
             size=abi.ruleset_attr_size(decision.abi))
         rules = 0
+        refused: list[str] = []
         if decision.handled_fs:
             for grant in policy.paths:
                 try:
-                    path_fd = os.open(grant.path, os.O_PATH | os.O_CLOEXEC)
+                    if grant.anchor:
+                        path_fd = safepath.open_beneath(grant.anchor, grant.path)
+                    else:
+                        path_fd = os.open(grant.path, os.O_PATH | os.O_CLOEXEC)
+                except safepath.SymlinkInPath:
+                    refused.append(f"{grant.path} (a symlink below {grant.anchor}: not "
+                                   f"followed, grant skipped; {grant.origin})")
+                    continue
                 except OSError as exc:
                     if grant.optional:
                         continue
@@ -116,6 +124,8 @@ def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = N
         if fd is not None:
             os.close(fd)
         raise
+    if refused:
+        report = replace(report, skipped_paths=report.skipped_paths + tuple(refused))
     return Prepared(decision=decision, report=replace(report, rules=rules), ruleset_fd=fd,
                     flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags))
 

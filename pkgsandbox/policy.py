@@ -19,6 +19,8 @@ class PathGrant:
     rights: frozenset[str]
     optional: bool = False
     origin: str = ""
+    #: for paths under a target root: that root; no symlink below it is followed
+    anchor: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

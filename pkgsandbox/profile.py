@@ -561,8 +561,12 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
         if not path.startswith("/"):
             raise BadInput(f"{g.origin}: {g.where}.path: {g.path!r} resolves to a relative "
                            f"path {path!r}")
-        grant = PathGrant(path=path, rights=g.rights, optional=g.optional, origin=g.origin)
-        if check_paths and not os.path.exists(path):
+        anchor = None
+        if g.path.startswith("{root}") and "root" in values:
+            anchor = substitute("{root}", values)
+        grant = PathGrant(path=path, rights=g.rights, optional=g.optional, origin=g.origin,
+                          anchor=anchor)
+        if check_paths and not os.path.lexists(path):
             if g.optional:
                 skipped.append(grant)
                 continue

@@ -131,7 +131,8 @@ def make_root(root: Path, *, busybox: str | None = None) -> Path:
         shutil.copy2(bb, root / "usr/bin/busybox")
         for tool in ("sh", "cat", "echo", "grep", "sed", "mkdir", "rm", "touch", "ls", "id",
                      "cp", "mv", "chmod", "printf", "test", "true", "false", "env", "kill",
-                     "sleep", "wc", "head", "tail", "tr", "cut"):
+                     "sleep", "wc", "head", "tail", "tr", "cut", "nc", "ln", "chown", "stat",
+                     "readlink", "date", "mktemp", "basename", "dirname", "timeout"):
             link = root / "usr/bin" / tool
             if not link.exists():
                 link.symlink_to("busybox")

@@ -116,7 +116,8 @@ class Transaction:
             o.targets = self._local_targets(o.targets)
         flags = {"needed": o.needed, "cascade": o.cascade, "recurse": o.recursive,
                  "nosave": o.nosave, "nodeps": o.nodeps > 0, "nodepversion": o.nodeps > 0,
-                 "downloadonly": o.downloadonly}
+                 "downloadonly": o.downloadonly, "alldeps": o.asdeps,
+                 "allexplicit": o.asexplicit}
         if o.op == "remove" and o.recursive:
             flags["recurse"] = True
         flags = {k: v for k, v in flags.items() if v}

@@ -231,6 +231,7 @@ def test_effective_rule_rights_file_also_masked_by_handled():
 SHIPPED = {
     "base": dict(ports=set()),
     "build": dict(ports=set()),
+    "chrooted": dict(ports=set()),
     "download": dict(ports={(80, "connect_tcp"), (443, "connect_tcp"),
                             (53, "connect_send_udp")}),
     "extract": dict(ports=set()),

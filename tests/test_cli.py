@@ -262,3 +262,22 @@ def test_unknown_user_is_setup_error_121():
 def test_bad_chroot_is_setup_error_121():
     r = pkgsandbox("run", "--profile", "base", "--chroot", "/nonexistent-root", "--", "true")
     assert r.returncode == 121 and "chroot" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_landlock
+def test_a_symlink_under_the_root_does_not_redirect_a_grant(tmp_path):
+    """A package-controlled path ({root}/var/lib/{pkgname}) that is a symlink to a host
+    directory must not become a grant on that directory (found in review)."""
+    root, victim = tmp_path / "root", tmp_path / "victim"
+    for d in ("usr", "etc", "var/lib/ctl"):
+        (root / d).mkdir(parents=True)
+    victim.mkdir()
+    (root / "var/lib/evil").symlink_to(victim)
+    r = pkgsandbox("run", "--profile", "scriptlet", "--var", f"root={root}", "--var",
+                   "pkgname=evil", "--report", "--", "touch", str(victim / "x"))
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    assert "a symlink below" in r.stderr and not (victim / "x").exists()
+    # The same grant on a real directory works: the denial above is the symlink's doing.
+    r = pkgsandbox("run", "--profile", "scriptlet", "--var", f"root={root}", "--var",
+                   "pkgname=ctl", "--", "touch", str(root / "var/lib/ctl/x"))
+    assert r.returncode == 0, r.stderr

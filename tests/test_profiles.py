@@ -446,7 +446,7 @@ def test_variable_without_value_for_run_is_refused(tmp_path):
 
 def test_shipped_profile_needs_its_variables(tmp_path):
     msg = one_line_error(cli("run", "--profile", "scriptlet", "--", "/bin/true", cwd=tmp_path))
-    assert f"{SHIPPED / 'scriptlet.yaml'}:" in msg and "{root}" in msg
+    assert f"{SHIPPED / 'chrooted.yaml'}:" in msg and "{root}" in msg
 
 
 def test_server_ports_without_value_and_bad_value(tmp_path):
@@ -562,7 +562,8 @@ def test_profile_dir_overrides_shipped_profile(tmp_path):
     assert [g["path"] for g in data["filesystem"]] == ["/usr"]
     # shipped profiles extending base now get the admin's base
     data = json.loads(cli("profile", "show", "scriptlet", "--json", "--profile-dir", d).stdout)
-    assert data["chain"] == [str(d / "base.yaml"), str(SHIPPED / "scriptlet.yaml")]
+    assert data["chain"] == [str(d / "base.yaml"), str(SHIPPED / "chrooted.yaml"),
+                             str(SHIPPED / "scriptlet.yaml")]
     # without the directory: the shipped one
     data = json.loads(cli("profile", "show", "base", "--json").stdout)
     assert data["file"] != str(d / "base.yaml")

@@ -159,3 +159,66 @@ def test_download_only_and_print(twins):
     cache = b.path / "var/cache/pacman/pkg"
     assert (cache / "hello-1.0-1-any.pkg.tar.zst").exists()
     assert query(b, "-Q").stdout == ""
+
+
+HOSTILE = r'''
+post_install() {
+  try() { name=$1; shift
+    if out=$( ("$@") 2>&1 ); then echo "$name allowed" >> /var/log/attempts
+    else echo "$name refused: $out" >> /var/log/attempts; fi; }
+  try write-usr sh -c 'echo pwned > /usr/bin/evil'
+  try read-secret cat /root/secret
+  try tcp-connect sh -c 'echo hi | timeout 5 nc -w 2 127.0.0.1 @PORT@'
+  try signal kill -0 @PID@
+  echo done > /var/lib/hostile/state
+}
+'''
+
+
+def test_scriptlet_domain_refuses_escapes_while_legitimate_work_succeeds(tmp_path):
+    """From inside a real transaction: the same hostile post_install under stock pacman (every
+    attempt works: the test can fail) and under pkgsandbox (each refused by the kernel)."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def serve():                      # accept and hang up, so nc ends at once
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        script = HOSTILE.replace("@PORT@", str(port)).replace("@PID@", str(os.getpid()))
+        repo = tmp_path / "repo"
+        build_repo([PkgSpec(name="hostile", install=script,
+                            files=(PkgFile(path="var/lib/hostile", directory=True),
+                                   PkgFile(path="usr/share/hostile/x", content=b"x")))], repo)
+        a = new_root(tmp_path, "stock", f"file://{repo}")
+        b = new_root(tmp_path, "sandboxed", f"file://{repo}")
+        for root in (a, b):
+            (root.path / "root/secret").write_text("s3cret\n")
+        stock(a, "-Sy", "hostile")
+        sandboxed(b, "-Sy", "hostile")
+        unconfined = (a.path / "var/log/attempts").read_text().splitlines()
+        confined = dict(line.split(" ", 1) for line in
+                        (b.path / "var/log/attempts").read_text().splitlines())
+        assert unconfined == ["write-usr allowed", "read-secret allowed", "tcp-connect allowed",
+                              "signal allowed"]
+        assert (a.path / "usr/bin/evil").exists()
+        assert confined["write-usr"].startswith("refused") and \
+            "Permission denied" in confined["write-usr"]
+        assert "Permission denied" in confined["read-secret"]
+        assert "Permission denied" in confined["tcp-connect"]
+        assert confined["signal"].startswith("refused") and \
+            "not permitted" in confined["signal"].lower()
+        assert not (b.path / "usr/bin/evil").exists()
+        assert (b.path / "var/lib/hostile/state").read_text() == "done\n"
+        assert query(b, "-Q").stdout == "hostile 1.0-1\n"
+    finally:
+        listener.close()

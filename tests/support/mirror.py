@@ -150,13 +150,17 @@ class Mirror:
 
     def start(self) -> "Mirror":
         context = None
-        if self.tls:
-            self._tmp = tempfile.mkdtemp(prefix="pkgsandbox-mirror-")
-            os.chmod(self._tmp, 0o755)     # the CA certificate is read by unprivileged clients
-            self.ca_file, cert, key = make_certificates(self._tmp, self.tls_names)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cert, key)
-        self._server = _Server((HOST, self._port), self, context)
+        try:
+            if self.tls:
+                self._tmp = tempfile.mkdtemp(prefix="pkgsandbox-mirror-")
+                os.chmod(self._tmp, 0o755)   # unprivileged clients read the CA certificate
+                self.ca_file, cert, key = make_certificates(self._tmp, self.tls_names)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(cert, key)
+            self._server = _Server((HOST, self._port), self, context)
+        except BaseException:
+            self.close()
+            raise
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
