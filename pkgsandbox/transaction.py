@@ -30,6 +30,11 @@ from .policy import EnforcementReport, PathGrant
 log = logging.getLogger(__name__)
 
 DOWNLOAD_DIR = "download-pkgsandbox"
+#: The whole download phase of one transaction may take this long (a mirror trickling bytes
+#: just fast enough to escape the stall check is cut off here).
+DOWNLOAD_DEADLINE = 3600.0
+#: libalpm's own cap for a database download
+DB_MAX_SIZE = 128 << 20
 
 
 class TransactionFailed(PkgsandboxError):
@@ -88,6 +93,8 @@ class Transaction:
         self.runs: list[PhaseRun] = []
         self.conf: pacmanconf.PacmanConf | None = None
         self.installed: list[str] = []
+        self.refused_files: list[str] = []
+        self._quiet_status = False
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -216,7 +223,7 @@ class Transaction:
             self._warn(prepared.report)
             result = runner.call(download.fetch_all, jobs, ddir,
                                  parallel=self.conf.parallel_downloads, prepared=prepared,
-                                 user=user, cwd=ddir, timeout=None)
+                                 user=user, cwd=ddir, timeout=DOWNLOAD_DEADLINE)
         self.runs.append(PhaseRun(phase="download", subject=label, report=result.report))
         return result.value
 
@@ -237,7 +244,7 @@ class Transaction:
             jobs.append(download.Job(name=f"{repo.name}.db",
                                      urls=tuple(f"{s.rstrip('/')}/{repo.name}.db"
                                                 for s in repo.servers),
-                                     if_modified_since=mtime))
+                                     if_modified_since=mtime, max_size=DB_MAX_SIZE))
         if not jobs:
             return
         results = self._fetch(jobs, "sync databases")
@@ -264,7 +271,7 @@ class Transaction:
         from .phases import download
         jobs, names = [], []
         for u in urls:
-            name = os.path.basename(urlsplit(u).path)
+            name = unquote(os.path.basename(urlsplit(u).path))
             if not name or name in (".", ".."):
                 raise BadInput(f"'{u}': no file name in the URL")
             names.append(name)
@@ -323,7 +330,7 @@ class Transaction:
         jobs = [download.Job(name=p["filename"],
                              urls=tuple(f"{s.rstrip('/')}/{p['filename']}" for s in p["servers"]),
                              size=p["size"]) for p in need]
-        results = self._fetch(jobs, f"{len(jobs)} packages")
+        results = self._fetch(jobs, f"{len(jobs)} package{'s' if len(jobs) != 1 else ''}")
         ddir = os.path.join(self.conf.cachedir, DOWNLOAD_DIR)
         failed = []
         for p, res in zip(need, results):
@@ -388,7 +395,9 @@ class Transaction:
                 if decision == "downloaded":
                     w.close()
                     w = self._spawn(prepared, handle, trans, request)
+                    self._quiet_status = True      # it resolves again: say it once
                     again = self._until_plan(w)
+                    self._quiet_status = False
                     if _plan_key(again) != _plan_key(plan):
                         w.channel.send({"type": "abort"})
                         raise TransactionFailed("the transaction changed while packages were "
@@ -398,7 +407,13 @@ class Transaction:
                         raise TransactionFailed("downloaded packages were not found in the "
                                                 "cache; nothing was installed")
                 w.channel.send({"type": "go"})
-                return self._until_done(w)
+                status = self._until_done(w)
+                if self.refused_files:
+                    self.err(f"error: {len(self.refused_files)} file(s) were refused by the "
+                             f"extract domain and are NOT installed (outside its install "
+                             f"prefixes; see `pkgsandbox profile explain extract`)")
+                    return 1
+                return status
             except PkgsandboxError as exc:
                 if isinstance(exc, TransactionFailed):
                     raise
@@ -419,9 +434,13 @@ class Transaction:
                                     f"(status {w.wait()})")
         kind = msg.get("type")
         if kind == "status":
-            self.out(str(msg.get("text", "")))
+            if not self._quiet_status:
+                self.out(str(msg.get("text", "")))
         elif kind == "log":
-            self.err(f"{msg.get('level', 'error')}: {msg.get('text', '')}")
+            text = str(msg.get("text", ""))
+            if "extracting" in text or "could not extract" in text:
+                self.refused_files.append(text)
+            self.err(f"{msg.get('level', 'error')}: {text}")
         elif kind == "__error__":
             runner.raise_remote(msg)
         return msg
