@@ -398,6 +398,9 @@ def cmd_pacman(argv: list[str]) -> int:
         cachedir=parsed.value("cachedir"), logfile=parsed.value("logfile"),
         gpgdir=parsed.value("gpgdir"), hookdirs=parsed.values.get("hookdir", []),
         cap=s["cap"], compat=s["compat"], profile_dirs=s["dirs"], json=s["json"])
+    if parsed.op == "sync" and not parsed.targets and not (parsed.count("y") or
+                                                           parsed.count("u")):
+        raise UsageError("no targets specified (use -h for help)")
     if parsed.op in ("upgrade", "remove") and not parsed.targets:
         raise UsageError("no targets specified (use -h for help)")
     if os.geteuid() != 0 and not opts.print_only:
