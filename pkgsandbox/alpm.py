@@ -244,15 +244,28 @@ EVENT_TEXT = {5: "resolving dependencies...", 7: "looking for conflicting packag
               15: "loading package files...", 3: "checking for file conflicts...",
               9: ":: Processing package changes..."}
 EVENT_START, EVENT_DONE = 11, 12
+EVENT_TRANSACTION_START = 9
 MAX_SCRIPTLET = 1 << 20
 
 
 def engine(chan, handle, trans, request: dict) -> dict:
     """Resolve, report the plan, wait for the go, commit. Returns a summary dict."""
-    state = {"sequence": [], "index": -1, "progress": None}
+    state = {"sequence": [], "index": -1, "progress": None,
+             "depends": list(request.get("depends", []))}
 
     def on_event(event, _text=""):
-        if event in EVENT_TEXT:
+        if event in EVENT_TEXT and event != EVENT_TRANSACTION_START:
+            chan.send({"type": "status", "text": EVENT_TEXT[event]})
+        if event == EVENT_TRANSACTION_START and state["sequence"]:
+            # libalpm's own PreTransaction hook run happened just before (with no hook
+            # directory); nothing has changed yet: the parent runs the pre-transaction hooks
+            # in their domains and may abort here.
+            chan.send({"type": "pre_hooks", "changes": _changes(local, trans, state)})
+            reply = chan.recv()
+            if not reply or reply.get("type") != "continue":
+                chan.send({"type": "__result__", "value": {"ok": False, "committed": False,
+                                                           "aborted": True}})
+                os._exit(1)
             chan.send({"type": "status", "text": EVENT_TEXT[event]})
         elif event == EVENT_START:
             state["index"] += 1
@@ -325,7 +338,41 @@ def engine(chan, handle, trans, request: dict) -> dict:
         trans.commit()
     except pyalpm.error as exc:
         raise TransactionError(_describe_failure("commit", exc)) from None
+    # The parent runs the post-transaction hooks now; it may ask which Depends are met.
+    chan.send({"type": "committed"})
+    while True:
+        msg = chan.recv()
+        if not msg or msg.get("type") == "done":
+            break
+        if msg.get("type") == "depends":
+            local_after = handle.get_localdb()
+            chan.send({"type": "satisfied", "satisfied": {
+                str(d): pyalpm.find_satisfier(local_after.pkgcache, str(d)) is not None
+                for d in msg.get("depends", [])}})
     return {"ok": True, "committed": True, "done": state["index"] + 1}
+
+
+def _changes(local, trans, state) -> dict:
+    """What the transaction changes, for hook triggers: per package, its operation and the
+    file lists (libalpm form) of the new and the installed package; plus which hook Depends
+    are met now (for PreTransaction hooks)."""
+    out = []
+    current = {p.name: p for p in trans.to_add}
+    for item in state["sequence"]:
+        name = item["name"]
+        if item.get("remove"):
+            pkg = item["pkg"]
+            out.append({"name": name, "op": "remove", "new_files": [],
+                        "old_files": [f[0] for f in pkg.files]})
+            continue
+        new = current.get(name)
+        old = local.get_pkg(name)
+        out.append({"name": name, "op": "install" if old is None else "upgrade",
+                    "new_files": [f[0] for f in new.files] if new is not None else [],
+                    "old_files": [f[0] for f in old.files] if old is not None else []})
+    return {"packages": out,
+            "satisfied": {d: pyalpm.find_satisfier(local.pkgcache, d) is not None
+                          for d in state.get("depends", [])}}
 
 
 def _public(item: dict) -> dict:

@@ -93,7 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             sp.add_argument("files", nargs="+", metavar="FILE")
 
-    add("demo", "confine a hostile command with the shipped scriptlet profile (temp dirs only)")
+    f = add("fetch", "download URL to OUTPUT in the download domain (pacman's XferCommand)")
+    f.add_argument("url", metavar="URL")
+    f.add_argument("-o", "--output", required=True, metavar="OUTPUT")
+    f.add_argument("--config", default="/etc/pacman.conf", metavar="PATH",
+                   help="pacman.conf to read DownloadUser from (default /etc/pacman.conf)")
+
+    i = add("inspect", "open package archives in the extract domain and report what they "
+                       "would do to a system")
+    i.add_argument("files", nargs="+", metavar="FILE")
+
+    add("demo", "a sandboxed -Sy/-S with a hostile package, into a throwaway root")
     return p
 
 
@@ -457,7 +467,20 @@ def _strip_own_options(argv: list[str]) -> list[str]:
     return out
 
 
-COMMANDS = {"run": cmd_run, "doctor": cmd_doctor, "profile": cmd_profile, "demo": cmd_demo}
+def cmd_fetch(args, s) -> int:
+    from .phases import xfer
+    return xfer.command(args.url, args.output, conf_path=args.config,
+                        library=profile.Library(s["dirs"]), cap=s["cap"], compat=s["compat"],
+                        as_json=s["json"], out=_out, err=_err)
+
+
+def cmd_inspect(args, s) -> int:
+    from .phases import inspect
+    return inspect.command(list(args.files), library=profile.Library(s["dirs"]), cap=s["cap"],
+                           compat=s["compat"], as_json=s["json"], out=_out, err=_err)
+
+
+COMMANDS = {"fetch": cmd_fetch, "inspect": cmd_inspect, "run": cmd_run, "doctor": cmd_doctor, "profile": cmd_profile, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,8 +129,10 @@ def build(file: str, triples, *, lines: dict[str, int] | None = None) -> PacmanC
     if "CacheDir" in options:
         kw["cachedirs"] = tuple(os.path.normpath(v) for v in options["CacheDir"])
     if "HookDir" in options:
-        kw["hookdirs"] = ("/etc/pacman.d/hooks",) + tuple(os.path.normpath(v)
-                                                          for v in options["HookDir"])
+        # pacman: HookDir entries replace the default /etc/pacman.d/hooks (which, like
+        # every HookDir, is not relative to the root); the system directory
+        # {root}/usr/share/libalpm/hooks always comes first.
+        kw["hookdirs"] = tuple(os.path.normpath(v) for v in options["HookDir"])
     arch = one("Architecture")
     if arch and arch != "auto":
         kw["arch"] = arch.split()[0]

@@ -350,7 +350,8 @@ class Worker:
 
 
 def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
-           chroot: str | None = None, cwd: str | None = None) -> Worker:
+           chroot: str | None = None, cwd: str | None = None,
+           limit: int = 16 << 20) -> Worker:
     """Fork a child that enters the domain and runs fn(channel, *args). fn's return value
     (JSON-serialisable) is sent as {"type": "__result__", "value": ...}; an exception as
     {"type": "__error__", "error": class name, "message": ...}. The child exits after."""
@@ -398,7 +399,7 @@ def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
         os.waitpid(pid, 0)
         parent_sock.close()
         raise SetupError(f"sandbox setup failed: {setup_error.decode(errors='replace')}")
-    return Worker(pid, Channel(parent_sock), prepared.report)
+    return Worker(pid, Channel(parent_sock, limit=limit), prepared.report)
 
 
 def raise_remote(message: dict) -> None:

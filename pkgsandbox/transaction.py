@@ -35,6 +35,8 @@ DOWNLOAD_DIR = "download-pkgsandbox"
 DOWNLOAD_DEADLINE = 3600.0
 #: libalpm's own cap for a database download
 DB_MAX_SIZE = 128 << 20
+#: a transaction's file lists for hook triggers travel from the extract worker as JSON
+CHANGES_LIMIT = 512 << 20
 
 
 class TransactionFailed(PkgsandboxError):
@@ -94,6 +96,8 @@ class Transaction:
         self.conf: pacmanconf.PacmanConf | None = None
         self.installed: list[str] = []
         self.refused_files: list[str] = []
+        self.changes: dict = {}
+        self.hook_errors: list[str] = []
         self._quiet_status = False
 
     # -- setup -------------------------------------------------------------------------------
@@ -378,7 +382,9 @@ class Transaction:
         in the cache before the committing worker resolves)."""
         o = self.opts
         policy = self._extract_policy()
-        request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade}
+        pre_hooks = self._hooks("PreTransaction")
+        request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade,
+                   "depends": sorted({d for h in pre_hooks for d in h.depends})}
         with enforce.prepare(policy, cap=o.cap, compat=o.compat) as prepared:
             self._warn(prepared.report)
             w = self._spawn(prepared, handle, trans, request)
@@ -423,7 +429,7 @@ class Transaction:
 
     def _spawn(self, prepared, handle, trans, request):
         w = runner.worker(alpm.engine, handle, trans, request, prepared=prepared,
-                          cwd=self.conf.root)
+                          cwd=self.conf.root, limit=CHANGES_LIMIT)
         self.runs.append(PhaseRun(phase="extract", subject=self.opts.op, report=w.report))
         return w
 
@@ -468,6 +474,17 @@ class Transaction:
             elif kind == "pkg_done":
                 self.on_pkg(msg, "post", pending)
                 w.channel.send({"type": "continue"})
+            elif kind == "pre_hooks":
+                self.changes = msg.get("changes") or {}
+                ok = self.run_hooks("PreTransaction", self.changes,
+                                    satisfied=self.changes.get("satisfied", {}))
+                w.channel.send({"type": "continue" if ok else "abort"})
+                if not ok:
+                    self.err("error: failed to commit transaction (failed to run transaction "
+                             "hooks)")
+            elif kind == "committed":
+                self.run_hooks("PostTransaction", self.changes, worker=w)
+                w.channel.send({"type": "done"})
             elif kind == "__result__":
                 return 0 if (msg.get("value") or {}).get("committed") else 1
             elif kind not in ("status", "log"):
@@ -562,6 +579,80 @@ class Transaction:
             self.err("error: command failed to execute correctly")
         self.runs.append(PhaseRun(phase="scriptlet", subject=f"{name} {function}",
                                   report=outcome.report, status=status))
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def _hook_dirs(self) -> list[str]:
+        return [os.path.join(self.conf.root, "usr/share/libalpm/hooks"),
+                *self.conf.hookdirs]
+
+    def _hooks(self, when: str):
+        from . import hooks
+        found, errors = hooks.discover(self._hook_dirs())
+        for e in errors:
+            self.err(f"error: {e}")
+        self.hook_errors = errors
+        return [h for h in found if h.when == when]
+
+    def run_hooks(self, when: str, changes: dict, *, satisfied: dict | None = None,
+                  worker=None) -> bool:
+        """Run the hooks of one kind whose triggers match, in file-name order, each in its
+        own domain. Returns False when a PreTransaction hook asks for the abort."""
+        from . import hooks
+        from .phases import hook as hookphase
+        candidates = self._hooks(when)
+        if when == "PreTransaction" and getattr(self, "hook_errors", None):
+            return False
+        pkgs = tuple(hooks.Change(name=c["name"], op=c["op"],
+                                  new_files=tuple(c.get("new_files", ())),
+                                  old_files=tuple(c.get("old_files", ())))
+                     for c in changes.get("packages", []))
+        matched = []
+        for h in candidates:
+            targets = hooks.match(h, pkgs)
+            if targets is not None:
+                matched.append((h, targets))
+        if not matched:
+            return True
+        if satisfied is None:
+            deps = sorted({d for h, _ in matched for d in h.depends})
+            satisfied = {}
+            if deps and worker is not None:
+                worker.channel.send({"type": "depends", "depends": deps})
+                reply = self._next(worker)
+                satisfied = reply.get("satisfied", {}) if reply.get("type") == "satisfied" \
+                    else {}
+        label = "pre" if when == "PreTransaction" else "post"
+        self.out(f":: Running {label}-transaction hooks...")
+        ok = True
+        for n, (h, targets) in enumerate(matched, 1):
+            self.out(f"({n}/{len(matched)}) {h.description or h.name}")
+            if not all(satisfied.get(d) for d in h.depends):
+                self.err(f"error: unable to run hook {h.name}: could not satisfy dependencies")
+                if when == "PreTransaction" and h.abort_on_fail:
+                    ok = False
+                continue
+            try:
+                outcome = hookphase.run(hook=h, targets=targets, root=self.conf.root,
+                                        library=self.library, cap=self.opts.cap,
+                                        compat=self.opts.compat, timeout=600)
+            except PkgsandboxError as exc:
+                self.err(f"error: hook {h.name}: {exc.message}")
+                if when == "PreTransaction" and h.abort_on_fail:
+                    ok = False
+                continue
+            for line in outcome.output.splitlines():
+                self.out(line)
+            status = "ok" if outcome.status == 0 else f"exit {outcome.status}"
+            self.runs.append(PhaseRun(phase="hook", subject=h.name, report=outcome.report,
+                                      status=status))
+            if outcome.status != 0:
+                self.err("error: command failed to execute correctly")
+                if when == "PreTransaction" and h.abort_on_fail:
+                    ok = False
+            if not ok:
+                break
+        return ok
 
     def _log_scriptlet(self, output: str) -> None:
         if not output:

@@ -136,16 +136,22 @@ def test_lock_is_held_and_refuses_a_concurrent_transaction(twins):
 
 
 def test_no_hook_runs_inside_the_extraction_child(twins):
-    """libalpm adds {root}/usr/share/libalpm/hooks by itself; pkgsandbox empties the list."""
-    _, b = twins
-    hooks = b.path / "usr/share/libalpm/hooks"
-    hooks.mkdir(parents=True)
-    (hooks / "marker.hook").write_text(
-        "[Trigger]\nOperation = Install\nType = Package\nTarget = *\n\n[Action]\n"
-        "When = PostTransaction\nExec = /bin/sh -c 'echo ran > /tmp/hook-ran'\n")
-    sandboxed(b, "-Sy", "hello")
+    """libalpm adds {root}/usr/share/libalpm/hooks by itself; pkgsandbox empties that list, so
+    the hook runs exactly once, in its own domain (phase "hook"), not also inside the
+    extraction child. /var/log is writable from both domains, so a second run would show."""
+    a, b = twins
+    for root in (a, b):
+        hooks = root.path / "usr/share/libalpm/hooks"
+        hooks.mkdir(parents=True)
+        (hooks / "marker.hook").write_text(
+            "[Trigger]\nOperation = Install\nType = Package\nTarget = *\n\n[Action]\n"
+            "When = PostTransaction\nExec = /bin/sh -c 'echo ran >> /var/log/hook-ran'\n")
+    stock(a, "-Sy", "hello")
+    r = sandboxed(b, "-Sy", "hello")
     assert query(b, "-Q").stdout.startswith("hello")
-    assert not (b.path / "tmp/hook-ran").exists()
+    assert (a.path / "var/log/hook-ran").read_text() == "ran\n"
+    assert (b.path / "var/log/hook-ran").read_text() == "ran\n"
+    assert " hook      marker " in r.stdout
 
 
 def test_download_only_and_print(twins):
