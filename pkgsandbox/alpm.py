@@ -310,7 +310,7 @@ def engine(chan, handle, trans, request: dict) -> dict:
             "servers": list(p.db.servers) if p.db and p.db.name != "local" else [],
             "size": p.size, "isize": p.isize, "download_size": p.download_size,
             "sha256": p.sha256sum or None, "md5": p.md5sum or None,
-            "has_scriptlet": bool(p.has_scriptlet)})
+            "has_sig": bool(p.base64_sig), "has_scriptlet": bool(p.has_scriptlet)})
     plan_remove = [{"name": p.name, "version": p.version, "isize": p.isize} for p in removes]
     chan.send({"type": "plan", "add": plan_add, "remove": plan_remove})
     answer = chan.recv()

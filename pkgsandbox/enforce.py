@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 
-from . import abi, landlock, safepath
+from . import abi, hardening, landlock, safepath
 from .abi import Compat, Status
 from .errors import RequirementError, SetupError
 from .policy import EnforcementReport, Policy
@@ -22,11 +22,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class Prepared:
-    """A ruleset ready to be entered, and the report that entering it yields."""
+    """A ruleset ready to be entered, and the report that entering it yields; plus the layers
+    beside Landlock the child applies (hardening.py)."""
     decision: abi.Downgrade
     report: EnforcementReport
     ruleset_fd: int | None
     flags: int
+    private_network: bool = False
+    capabilities: frozenset[str] | None = None
+    deny_unix: bool = False
 
     def close(self) -> None:
         if self.ruleset_fd is not None:
@@ -57,11 +61,69 @@ def decide(policy: Policy, *, kernel: landlock.KernelSupport, cap: int | None,
     return abi.downgrade(policy.request(), in_force, level, policy.min_abi)
 
 
+def layers_for(policy: Policy, decision: abi.Downgrade, *, as_root: bool
+               ) -> tuple[dict, tuple[tuple[str, str], ...]]:
+    """Pure: which layers beside Landlock apply, and how each is reported.
+    - capabilities: as root, everything but the profile's `capabilities` list is dropped;
+    - network: a phase granted no port gets a private network namespace when it runs as root
+      (no UDP, raw or abstract sockets reach the host's, whatever the ABI);
+    - UNIX sockets: on ABI >= 9 Landlock's resolve_unix confines pathname sockets; below it,
+      a seccomp filter refuses new AF_UNIX sockets unless the profile lists sockets (then
+      they are open, and reported so)."""
+    plan = {"private_network": False, "capabilities": None, "deny_unix": False}
+    covered: dict[str, str] = {}
+    out = [("landlock", decision.status.value + f" (ABI {decision.abi})"),
+           ("no_new_privs", "set before landlock_restrict_self")]
+    if as_root and policy.capabilities is not None:
+        plan["capabilities"] = policy.capabilities
+        out.append(("capabilities", "bounding/effective/permitted/inheritable limited to "
+                    + (", ".join(sorted(policy.capabilities)) or "none")))
+    elif as_root:
+        out.append(("capabilities", "unchanged (the profile lists none): full root"))
+    else:
+        out.append(("capabilities", "none (unprivileged user)"))
+    if policy.private_network and as_root:
+        plan["private_network"] = True
+        out.append(("network", "private network namespace: no TCP, UDP, raw or abstract "
+                               "socket reaches the host"))
+        for item in ("bind_tcp", "connect_tcp", "bind_udp", "connect_send_udp",
+                     "abstract_unix_socket"):
+            covered[item] = "private network namespace"
+    elif not policy.ports:
+        out.append(("network", "TCP refused by Landlock" if "connect_tcp" in
+                    decision.handled_net else "NOT confined (no Landlock TCP rules here)"))
+    else:
+        udp = "udp by Landlock" if "connect_send_udp" in decision.handled_net else \
+            "UDP NOT confined (ABI < 10)"
+        out.append(("network", f"TCP ports {', '.join(str(p.port) for p in policy.ports if p.right == 'connect_tcp') or '-'}; {udp}"))
+    if "resolve_unix" in decision.handled_fs:
+        out.append(("unix_sockets", "pathname sockets: Landlock resolve_unix"
+                    + (f" ({', '.join(policy.unix_sockets)})" if policy.unix_sockets else "")))
+    elif policy.unix_sockets == () and hardening.seccomp_supported():
+        plan["deny_unix"] = True
+        out.append(("unix_sockets", "seccomp: new AF_UNIX sockets refused (ABI < 9)"))
+        covered.setdefault("resolve_unix", "seccomp (no AF_UNIX socket)")
+        covered.setdefault("abstract_unix_socket", "seccomp (no AF_UNIX socket)")
+    elif policy.unix_sockets is None:
+        out.append(("unix_sockets", "NOT confined (ABI < 9; the profile does not ask)"))
+    else:
+        out.append(("unix_sockets", "NOT confined (ABI < 9): the profile allows "
+                    + ", ".join(policy.unix_sockets)))
+    plan["covered"] = tuple(sorted(covered.items()))
+    return plan, tuple(out)
+
+
 def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = None,
-            kernel: landlock.KernelSupport | None = None) -> Prepared:
-    """Decide and build the ruleset. Raises RequirementError when the policy may not run."""
+            kernel: landlock.KernelSupport | None = None, as_root: bool | None = None
+            ) -> Prepared:
+    """Decide and build the ruleset. Raises RequirementError when the policy may not run.
+    `as_root`: whether the sandboxed process will be root (default: this process's euid)."""
     kernel = kernel or landlock.probe()
     decision = decide(policy, kernel=kernel, cap=cap, compat=compat)
+    if as_root is None:
+        as_root = os.geteuid() == 0
+    plan, layers = layers_for(policy, decision, as_root=as_root)
+    covered = plan.pop("covered")
     unfixed = tuple(f"erratum {n} ({area}): {what}"
                     for n, area, what in abi.errata_affecting(decision.abi, kernel.errata))
     report = EnforcementReport(
@@ -72,12 +134,13 @@ def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = N
         skipped_paths=tuple(f"{g.path} (optional, missing; {g.origin})" for g in policy.skipped),
         handled_fs=tuple(sorted(decision.handled_fs, key=lambda r: abi.FS_RIGHTS[r][0])),
         handled_net=tuple(sorted(decision.handled_net)), scopes=tuple(sorted(decision.scopes)),
-        flags=tuple(sorted(decision.flags)), note=decision.refusal)
+        flags=tuple(sorted(decision.flags)), note=decision.refusal, layers=layers,
+        covered=covered if decision.restrict else ())
     if not decision.may_run:
         raise RequirementError(f"profile {policy.name}: {decision.refusal}",
                                profile=policy.name, abi=decision.abi)
     if not decision.restrict:
-        return Prepared(decision=decision, report=report, ruleset_fd=None, flags=0)
+        return Prepared(decision=decision, report=report, ruleset_fd=None, flags=0, **plan)
     fd = None
     try:
         fd = landlock.create_ruleset(
@@ -127,14 +190,24 @@ def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = N
     if refused:
         report = replace(report, skipped_paths=report.skipped_paths + tuple(refused))
     return Prepared(decision=decision, report=replace(report, rules=rules), ruleset_fd=fd,
-                    flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags))
+                    flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags), **plan)
+
+
+def before_chroot(prepared: Prepared) -> None:
+    """In the child, first (it needs CAP_SYS_ADMIN): the private network namespace."""
+    if prepared.private_network:
+        hardening.private_network()
 
 
 def enter(prepared: Prepared) -> None:
-    """In the child: no_new_privs, then the domain. Must be async-signal-simple: no allocation
-    beyond what ctypes does, no logging."""
+    """In the child, last before exec: capabilities, no_new_privs, the seccomp filter, then the
+    Landlock domain. No logging here."""
+    if prepared.capabilities is not None and os.geteuid() == 0:
+        hardening.limit_capabilities(prepared.capabilities)
+    landlock.set_no_new_privs()
+    if prepared.deny_unix:
+        hardening.deny_unix_sockets()
     if prepared.ruleset_fd is None:
-        landlock.set_no_new_privs()
         return
     landlock.restrict_self(prepared.ruleset_fd, prepared.flags)
 
@@ -147,6 +220,8 @@ def unconfined_warning(report: EnforcementReport) -> str | None:
         reason = report.note or (report.dropped[0].reason if report.dropped else "")
         return (f"pkgsandbox: WARNING: {report.phase} [{report.profile}] runs WITHOUT Landlock"
                 + (f": {reason}" if reason else ""))
-    items = ", ".join(d.item for d in report.dropped if d.kind != "flag")
+    items = report.uncovered()
+    if not items:
+        return None
     return (f"pkgsandbox: warning: {report.phase} [{report.profile}] partially enforced on "
-            f"ABI {report.abi}; not enforced: {items}")
+            f"ABI {report.abi}; not enforced: {', '.join(items)}")

@@ -3,9 +3,10 @@ decide which hooks a transaction triggers and with which targets, so that pkgsan
 each matching hook itself, in its own domain, in libalpm's order.
 
 Pure: no processes, no kernel. discover() lists the hook directories and reads the hook files
-in them (following symlinks, as libalpm does); everything else works on values.
+in them (following symlinks, as libalpm does); fnmatch() may call the C library's fnmatch(3);
+everything else works on values.
 
-The rules are libalpm's (pacman 6.0 to 7.x: lib/libalpm/hook.c, src/common/ini.c,
+The rules are libalpm's (pacman 6.0 to 7.1: lib/libalpm/hook.c, src/common/ini.c,
 src/common/util-common.c wordsplit(), lib/libalpm/util.c _alpm_fnmatch_patterns()):
 
 - Lines are read as fgets() with a PATH_MAX buffer reads them, trimmed of ASCII whitespace;
@@ -21,17 +22,20 @@ src/common/util-common.c wordsplit(), lib/libalpm/util.c _alpm_fnmatch_patterns(
 - Where libalpm would dereference a NULL or exec nothing (a valued key written without '=',
   an Exec with no words) this module refuses the file instead.
 
-The one deliberate approximation: fnmatch() follows glibc's fnmatch(pattern, string, 0) but
-takes character classes ([[:alpha:]] ...) in their ASCII meaning and reads [=c=] and [.c.]
-as the character c, where glibc consults the locale.
+Targets are matched with fnmatch(pattern, string, 0). ASCII patterns without brackets are
+matched here (a regex); patterns with brackets and non-ASCII text go to the C library's
+fnmatch(3), the very function libalpm calls, so that malformed brackets, ranges and multibyte
+characters behave as they do for pacman in the same locale. Without a C fnmatch() the regex
+is used for everything: it agrees with glibc on well-formed patterns and reads character
+classes in their ASCII meaning.
 """
 from __future__ import annotations
 
-import errno
+import ctypes
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
 
@@ -84,9 +88,12 @@ class Hook:
 
 @dataclass(frozen=True, kw_only=True)
 class Change:
+    """One package of the transaction. File lists are in libalpm's form: relative, no
+    leading '/', directories ending in '/'."""
     name: str                        # package name
-    op: str                          # "install" | "upgrade" | "remove" (reinstall, downgrade: "upgrade")
-    new_files: tuple[str, ...] = ()  # the new package's file list (libalpm form: no leading '/', dirs end in '/')
+    op: str                          # "install" | "upgrade" | "remove"; reinstall and
+                                     # downgrade are "upgrade" (libalpm: pkg->oldpkg is set)
+    new_files: tuple[str, ...] = ()  # the new package's file list (install, upgrade)
     old_files: tuple[str, ...] = ()  # the installed package's file list (upgrade, remove)
 
     def __post_init__(self):
@@ -98,6 +105,8 @@ class Change:
             raise ValueError(f"Change {self.name}: a removal has no new files")
         if isinstance(self.new_files, str) or isinstance(self.old_files, str):
             raise ValueError(f"Change {self.name}: file lists are sequences of paths")
+        object.__setattr__(self, "new_files", tuple(self.new_files))
+        object.__setattr__(self, "old_files", tuple(self.old_files))
 
 
 # -- Exec: libalpm's wordsplit() -------------------------------------------------------------
@@ -203,18 +212,25 @@ def _bracket(pat: str, i: int) -> tuple[str, int] | None:
                 j = k
                 continue
             # not a class name: the '[' is an ordinary member
-        elif c == "[" and j < n and pat[j] in "=.":
-            delim = pat[j]
-            end = pat.find(delim + "]", j + 1)
-            if end != j + 2:
-                raise _NoMatch
+        elif c == "[" and pat[j:j + 1] == "=" and pat[j + 2:j + 4] == "=]":
+            parts.append(re.escape(pat[j + 1]))     # [=c=], never a range's start;
+            j += 4                                  # a malformed "[=" is an ordinary '['
+            continue
+        elif c == "[" and pat[j:j + 1] == ".":
+            if pat.find(".]", j + 1) != j + 2:
+                raise _NoMatch          # only one-character collating symbols
             c = pat[j + 1]
-            j = end + 2
+            j += 4
         # c is a member, perhaps the start of a range
         if j + 1 < n and pat[j] == "-" and pat[j + 1] != "]":
             hi = pat[j + 1]
             j += 2
-            if hi == "\\":
+            if hi == "[" and pat[j:j + 1] == ".":
+                if pat.find(".]", j + 1) != j + 2:
+                    raise _NoMatch
+                hi = pat[j + 1]
+                j += 4
+            elif hi == "\\":
                 if j >= n:
                     raise _NoMatch
                 hi = pat[j]
@@ -284,11 +300,46 @@ def _glob_regex(pat: str) -> str | None:
     return "".join(out)
 
 
-def fnmatch(pattern: str, string: str) -> bool:
-    """glibc's fnmatch(pattern, string, 0) == 0: '*' and '?' match '/' and leading dots too,
-    backslash escapes, [...] with '!' or '^' negation and ranges."""
+def _libc_fnmatch():
+    """The C library's fnmatch(3), the function libalpm calls, or None where there is none."""
+    try:
+        f = ctypes.CDLL(None).fnmatch
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int)
+    f.restype = ctypes.c_int
+    return f
+
+
+_LIBC_FNMATCH = _libc_fnmatch()
+
+
+def _plain(pattern: str) -> bool:
+    """A pattern whose meaning does not depend on glibc's bracket parsing or the locale."""
+    return pattern.isascii() and "[" not in pattern
+
+
+def _bytes(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+@lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern | None:
     rx = _glob_regex(pattern)
-    return rx is not None and re.fullmatch(rx, string) is not None
+    return None if rx is None else re.compile(rx)
+
+
+def fnmatch(pattern: str, string: str) -> bool:
+    """fnmatch(pattern, string, 0) == 0, as libalpm calls it: '*' and '?' match '/' and
+    leading dots too, a backslash escapes, [...] with '!' or '^' negation, ranges, classes.
+
+    ASCII patterns without brackets on ASCII strings are matched here; anything else goes to
+    the C library's fnmatch(3) where there is one, so that malformed brackets, ranges and
+    multibyte characters behave as they do for pacman in the same locale."""
+    if _LIBC_FNMATCH is not None and not (_plain(pattern) and string.isascii()):
+        return _LIBC_FNMATCH(_bytes(pattern), _bytes(string), 0) == 0
+    rx = _compiled(pattern)
+    return rx is not None and rx.fullmatch(string) is not None
 
 
 def _split_target(target: str) -> tuple[bool, str]:
@@ -301,19 +352,26 @@ def _split_target(target: str) -> tuple[bool, str]:
 
 @lru_cache(maxsize=4096)
 def _patterns_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """A function string -> _alpm_fnmatch_patterns(patterns, string) == 0. When every pattern
+    is plain, one regex tries them last to first and the group that matched tells which."""
+    items = [_split_target(p) for p in patterns]
+    plain = all(_plain(p) for _, p in items)
     alts = []
-    for idx in range(len(patterns) - 1, -1, -1):       # the last pattern that matches decides
-        inverted, pat = _split_target(patterns[idx])
-        rx = _glob_regex(pat)
+    for idx in range(len(items) - 1, -1, -1):
+        inverted, pat = items[idx]
+        rx = _glob_regex(pat) if plain else None
         if rx is not None:
             alts.append(f"(?P<{'n' if inverted else 'y'}{idx}>{rx})")
-    if not alts:
-        return lambda s: False
-    compiled = re.compile("|".join(alts))
+    combined = re.compile("|".join(alts)) if alts else None
 
     def matches(s: str) -> bool:
-        m = compiled.fullmatch(s)
-        return m is not None and m.lastgroup[0] == "y"
+        if plain and s.isascii():
+            m = combined.fullmatch(s) if combined is not None else None
+            return m is not None and m.lastgroup[0] == "y"
+        for inverted, pat in reversed(items):
+            if fnmatch(pat, s):
+                return not inverted
+        return False
     return matches
 
 
@@ -340,7 +398,7 @@ def _ini_lines(text: str):
 
 
 class _Draft:
-    """A trigger or hook being read; what libalpm's callback fills in."""
+    """A [Trigger] being read, with the line of its header."""
 
     def __init__(self, line: int):
         self.line = line
@@ -362,7 +420,6 @@ def parse(file: str, text: str) -> Hook:
     when = ""
     description: str | None = None
     exec_: tuple[str, ...] | None = None
-    exec_line = 0
     depends: list[str] = []
     abort_line = 0
     needs_targets = False
@@ -386,7 +443,8 @@ def parse(file: str, text: str) -> Hook:
             elif section == "Action":
                 action_line = action_line or lineno
             else:
-                fail(lineno, f"invalid section [{section}]: a hook has only [Trigger] and "
+                shown = f"[{section}]" if section.isprintable() else repr(f"[{section}]")
+                fail(lineno, f"invalid section {shown}: a hook has only [Trigger] and "
                              f"[Action] sections")
             continue
         key, eq, value = line.partition("=")
@@ -450,7 +508,6 @@ def parse(file: str, text: str) -> Hook:
                     fail(lineno, f"invalid value {v!r} for Exec: {exc}")
                 if not exec_:
                     fail(lineno, "Exec has no command")
-                exec_line = lineno
             else:
                 fail(lineno, f"invalid option {key!r} in [Action] (Description, When, "
                              f"Exec, Depends, AbortOnFail, NeedsTargets)")

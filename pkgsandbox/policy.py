@@ -82,6 +82,13 @@ class Policy:
     environment: Environment = field(default_factory=Environment)
     #: optional grants whose path did not exist when resolved (reported, not enforced)
     skipped: tuple[PathGrant, ...] = ()
+    #: capabilities kept when the phase runs as root; None: the profile says nothing
+    capabilities: frozenset[str] | None = None
+    #: pathname UNIX sockets the phase may connect to; None: the profile does not confine them
+    #: beyond what Landlock does on this ABI
+    unix_sockets: tuple[str, ...] | None = None
+    #: run in a private network namespace (when root)
+    private_network: bool = False
 
     def request(self) -> abi.Request:
         granted = frozenset().union(*(g.rights for g in self.paths)) if self.paths else frozenset()
@@ -114,6 +121,18 @@ class EnforcementReport:
     user: str = ""
     chroot: str = ""
     note: str = ""
+    #: every layer and what it does here, in order: (layer, state)
+    layers: tuple[tuple[str, str], ...] = ()
+    #: dropped Landlock items that another layer closes: item -> layer
+    covered: tuple[tuple[str, str], ...] = ()
+
+    def uncovered(self) -> list[str]:
+        """What is requested and enforced by no layer at all."""
+        closed = dict(self.covered)
+        if not self.landlock and self.dropped and self.dropped[0].kind == "landlock":
+            return ["all Landlock rules"]
+        return [d.item for d in self.dropped
+                if d.kind != "flag" and d.item.split(":")[0] not in closed]
 
     def as_dict(self) -> dict:
         return {
@@ -125,6 +144,9 @@ class EnforcementReport:
             "handled_fs": list(self.handled_fs), "handled_net": list(self.handled_net),
             "scopes": list(self.scopes), "flags": list(self.flags), "rules": self.rules,
             "user": self.user, "chroot": self.chroot, "note": self.note,
+            "layers": {k: v for k, v in self.layers},
+            "covered_by_other_layers": {k: v for k, v in self.covered},
+            "not_enforced": self.uncovered(),
         }
 
     def summary(self) -> str:

@@ -54,7 +54,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
 TOP_KEYS = ("profile", "description", "phase", "extends", "compat", "min_abi", "filesystem",
-            "network", "scope", "logging", "environment")
+            "network", "scope", "logging", "environment", "capabilities", "unix_sockets",
+            "private_network")
 GRANT_KEYS = ("path", "access", "optional")
 NETWORK_KEYS = tuple(abi.NET_RIGHTS)
 LOGGING_KEYS = ("same_exec", "new_exec", "subdomains")
@@ -93,6 +94,9 @@ class Profile:
     logging: Logging = field(default_factory=Logging)
     env_allow: tuple[str, ...] = ()
     env_set: tuple[tuple[str, str], ...] = ()
+    capabilities: frozenset[str] | None = None
+    unix_sockets: tuple[Grant, ...] | None = None
+    private_network: bool = False
     chain: tuple[str, ...] = ()   # files merged, base first
     explicit: frozenset[str] = frozenset()   # single-value keys some file in the chain set
 
@@ -340,6 +344,27 @@ def _parse(file: str, text: str, default_name: str) -> _Parsed:
                                               f"(known: {', '.join(abi.SCOPES)})")
             scopes.add(value)
         fields["scopes"] = frozenset(scopes)
+    if "capabilities" in top:
+        from .hardening import CAPABILITIES
+        caps = set()
+        for i, item in enumerate(doc.sequence(top["capabilities"][1], "capabilities")):
+            cap_name = doc.string(item, f"capabilities[{i}]")
+            bare = cap_name.lower().removeprefix("cap_")
+            if bare not in CAPABILITIES:
+                doc.fail(item, f"capabilities[{i}]", f"unknown capability {_show(cap_name)}")
+            caps.add(bare)
+        fields["capabilities"] = frozenset(caps)
+    if "unix_sockets" in top:
+        socks = []
+        for i, item in enumerate(doc.sequence(top["unix_sockets"][1], "unix_sockets")):
+            key = f"unix_sockets[{i}]"
+            path = doc.string(item, key)
+            check_template(doc, item, key, path)
+            socks.append(Grant(path=path, rights=frozenset({"resolve_unix"}), optional=True,
+                               origin=f"{file}:{item.start_mark.line + 1}", where=key))
+        fields["unix_sockets"] = tuple(socks)
+    if "private_network" in top:
+        fields["private_network"] = doc.boolean(top["private_network"][1], "private_network")
     if "logging" in top:
         entry = doc.mapping(top["logging"][1], "logging", LOGGING_KEYS)
         fields["logging"] = {k: doc.boolean(v, f"logging.{k}") for k, (_, v) in entry.items()}
@@ -496,12 +521,16 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
     """Lists accumulate (parents first); single values and scope: the child's win."""
     base = dict(phase=None, description="", compat=Compat.BEST_EFFORT, min_abi=0,
                 filesystem=(), ports=(), scopes=frozenset(abi.SCOPES), logging=Logging(),
-                env_allow=(), env_set=(), chain=())
+                env_allow=(), env_set=(), capabilities=None, unix_sockets=None,
+                private_network=False, chain=())
     explicit: set[str] = set()
     for p in parents:
-        for k in ("phase", "description", "compat", "scopes", "logging"):
+        for k in ("phase", "description", "compat", "scopes", "logging", "capabilities",
+                  "private_network"):
             if k in p.explicit:
                 base[k] = getattr(p, k)
+        if p.unix_sockets is not None:
+            base["unix_sockets"] = (base["unix_sockets"] or ()) + p.unix_sockets
         base["min_abi"] = max(base["min_abi"], p.min_abi)
         base["filesystem"] += p.filesystem
         base["ports"] += p.ports
@@ -510,10 +539,13 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
         base["env_set"] = _merge_env(base["env_set"], p.env_set)
         base["chain"] += tuple(c for c in p.chain if c not in base["chain"])
     f = parsed.fields
-    for k in ("phase", "description", "compat", "min_abi", "scopes"):
+    for k in ("phase", "description", "compat", "min_abi", "scopes", "capabilities",
+              "private_network"):
         if k in f:
             base[k] = f[k]
             explicit.add(k)
+    if "unix_sockets" in f:
+        base["unix_sockets"] = (base["unix_sockets"] or ()) + f["unix_sockets"]
     base["filesystem"] += f.get("filesystem", ())
     base["ports"] += f.get("ports", ())
     if "logging" in f:
@@ -552,7 +584,7 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
     for name, value in values.items():
         check_value(name, value)
     paths, skipped = [], []
-    for g in profile.filesystem:
+    for g in profile.filesystem + (profile.unix_sockets or ()):
         missing = [v for v in _VAR.findall(g.path) if v not in values]
         if missing:
             raise BadInput(f"{g.origin}: {g.where}.path: variable {{{missing[0]}}} has no value "
@@ -594,7 +626,10 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
                                                                       key=lambda x: (x.port, x.right))),
         logging=profile.logging,
         environment=Environment(allow=profile.env_allow, set=profile.env_set),
-        skipped=tuple(skipped))
+        skipped=tuple(skipped), capabilities=profile.capabilities,
+        private_network=profile.private_network,
+        unix_sockets=None if profile.unix_sockets is None else
+        tuple(substitute(g.path, values) for g in profile.unix_sockets))
 
 
 NAME_VARIABLES = frozenset({"pkgname", "pkgver", "hookname"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ctypes
 import json
 import pwd
 import select
@@ -25,6 +26,7 @@ from . import errors as _errors_mod
 from .policy import EnforcementReport
 
 log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +66,8 @@ def _child_setup(prepared: enforce.Prepared, *, chroot: str | None, cwd: str | N
     def setup():
         step = "start"
         try:
+            step = "create a private network namespace"
+            enforce.before_chroot(prepared)
             if chroot:
                 step = f"chroot {chroot}"
                 os.chroot(chroot)
@@ -201,6 +205,7 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
     raised by fn comes back as the same class with its message; anything else as SetupError.
     """
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    reaper = Reaper()
     pid = os.fork()
     if pid == 0:  # child: never returns into the caller's code
         status = 0
@@ -233,7 +238,6 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
             ready, _, _ = select.select([rfd], [], [], left)
             if not ready:
                 _kill_group(pid)
-                os.waitpid(pid, 0)
                 raise TimeoutExpired(f"{getattr(fn, '__name__', 'function')}: timed out after "
                                      f"{timeout:g} s; process group killed")
             chunk = os.read(rfd, 65536)
@@ -242,12 +246,20 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
             size += len(chunk)
             if size > max_result:
                 _kill_group(pid)
-                os.waitpid(pid, 0)
                 raise SetupError(f"sandboxed call returned more than {max_result} bytes")
             chunks.append(chunk)
     finally:
         os.close(rfd)
-    _, status = os.waitpid(pid, 0)
+        # Nothing the child started may outlive it (a writer left behind could change a
+        # file after the parent checked it): its group, then every orphan it left.
+        _kill_group(pid)
+        try:
+            _, wait_status = os.waitpid(pid, 0)
+            status = os.waitstatus_to_exitcode(wait_status)
+        except ChildProcessError:
+            status = None
+        reaper.sweep()
+        reaper.close()
     data = b"".join(chunks)
     if not data.startswith(b"\0"):
         text = data.decode(errors="replace")[:400]
@@ -273,6 +285,77 @@ def default_user() -> str:
 
 _ERRORS = {name: obj for name, obj in vars(_errors_mod).items()
            if isinstance(obj, type) and issubclass(obj, PkgsandboxError)}
+
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+
+class Reaper:
+    """While active, this process is a child subreaper (prctl PR_SET_CHILD_SUBREAPER): every
+    orphan below it, even one that left its session with setsid(), is re-parented here, so
+    sweep() can find and kill whatever the download child left behind. Only processes that
+    were not already this process's children are touched; the flag is restored after."""
+
+    def __init__(self):
+        self._libc = _libc
+        was = ctypes.c_int(0)
+        self._libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+        self._was = was.value
+        self.active = self._was != 0 or \
+            self._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        self._before = _children()
+
+    def sweep(self) -> int:
+        """Kill and reap every new child until none is left; how many there were."""
+        killed = 0
+        if not self.active:
+            return 0
+        for _ in range(1000):
+            kids = _children() - self._before
+            if not kids:
+                break
+            for pid in kids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in kids:
+                try:
+                    os.waitpid(pid, 0)
+                    killed += 1
+                except ChildProcessError:
+                    pass
+        return killed
+
+    def close(self) -> None:
+        if self.active and not self._was:
+            self._libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def _children() -> set[int]:
+    """This process's direct children (alive or zombie)."""
+    me = os.getpid()
+    out: set[int] = set()
+    try:
+        for tid in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                out.update(int(x) for x in f.read().split())
+        return out
+    except OSError:
+        pass
+    for entry in os.listdir("/proc"):       # kernels without CONFIG_PROC_CHILDREN
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if len(fields) > 1 and fields[1] == str(me):
+                out.add(int(entry))
+    return out
+
+
 
 
 class Channel:
@@ -319,11 +402,13 @@ class Channel:
 class Worker:
     """A forked child in its own domain, talking to the parent over a Channel."""
 
-    def __init__(self, pid: int, channel: Channel, report: EnforcementReport):
+    def __init__(self, pid: int, channel: Channel, report: EnforcementReport,
+                 reaper: "Reaper | None" = None):
         self.pid = pid
         self.channel = channel
         self.report = report
         self.status: int | None = None
+        self.reaper = reaper
 
     def wait(self, timeout: float | None = None) -> int:
         """Reap the child; kill its process group if it outlives the timeout."""
@@ -344,9 +429,15 @@ class Worker:
         self.wait()
 
     def close(self) -> None:
+        """End the conversation; nothing the worker started outlives it."""
         self.channel.close()
         if self.status is None:
-            self.kill()
+            self.wait(timeout=5)
+        _kill_group(self.pid)
+        if self.reaper is not None:
+            self.reaper.sweep()
+            self.reaper.close()
+            self.reaper = None
 
 
 def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
@@ -358,6 +449,7 @@ def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
     import socket as _socket
     parent_sock, child_sock = _socket.socketpair()
     errr, errw = os.pipe2(os.O_CLOEXEC)
+    reaper = Reaper()
     pid = os.fork()
     if pid == 0:
         status = 0
@@ -398,8 +490,10 @@ def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
     if setup_error:
         os.waitpid(pid, 0)
         parent_sock.close()
+        reaper.sweep()
+        reaper.close()
         raise SetupError(f"sandbox setup failed: {setup_error.decode(errors='replace')}")
-    return Worker(pid, Channel(parent_sock, limit=limit), prepared.report)
+    return Worker(pid, Channel(parent_sock, limit=limit), prepared.report, reaper)
 
 
 def raise_remote(message: dict) -> None:

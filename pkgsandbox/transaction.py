@@ -35,6 +35,8 @@ DOWNLOAD_DIR = "download-pkgsandbox"
 DOWNLOAD_DEADLINE = 3600.0
 #: libalpm's own cap for a database download
 DB_MAX_SIZE = 128 << 20
+#: and for a detached signature
+SIG_MAX_SIZE = 16 << 10
 #: a transaction's file lists for hook triggers travel from the extract worker as JSON
 CHANGES_LIMIT = 512 << 20
 
@@ -97,6 +99,7 @@ class Transaction:
         self.installed: list[str] = []
         self.refused_files: list[str] = []
         self.changes: dict = {}
+        self._tempdirs: list[str] = []
         self.hook_errors: list[str] = []
         self._quiet_status = False
 
@@ -223,7 +226,8 @@ class Transaction:
             policy = replace(policy, paths=policy.paths + tuple(dict.fromkeys(extra)))
         if not ports:
             policy = replace(policy, ports=())
-        with enforce.prepare(policy, cap=self.opts.cap, compat=self.opts.compat) as prepared:
+        with enforce.prepare(policy, cap=self.opts.cap, compat=self.opts.compat,
+                             as_root=user is None and os.geteuid() == 0) as prepared:
             self._warn(prepared.report)
             result = runner.call(download.fetch_all, jobs, ddir,
                                  parallel=self.conf.parallel_downloads, prepared=prepared,
@@ -249,12 +253,32 @@ class Transaction:
                                      urls=tuple(f"{s.rstrip('/')}/{repo.name}.db"
                                                 for s in repo.servers),
                                      if_modified_since=mtime, max_size=DB_MAX_SIZE))
+            if repo.siglevel & pacmanconf.SIG_DATABASE:
+                jobs.append(download.Job(name=f"{repo.name}.db.sig",
+                                         urls=tuple(f"{s.rstrip('/')}/{repo.name}.db.sig"
+                                                    for s in repo.servers),
+                                         max_size=SIG_MAX_SIZE))
         if not jobs:
             return
         results = self._fetch(jobs, "sync databases")
         ddir = os.path.join(conf.cachedir, DOWNLOAD_DIR)
         failed = []
+        sig_levels = {r.name: r.siglevel for r in conf.repos}
         for job, res in zip(jobs, results):
+            if job.name.endswith(".db.sig"):
+                repo = job.name[:-7]
+                target = os.path.join(syncdir, job.name)
+                if res["status"] == "downloaded":
+                    self._install_file(os.path.join(ddir, job.name), target,
+                                       expected_sha256=None)
+                elif sig_levels.get(repo, 0) & pacmanconf.SIG_DATABASE_OPTIONAL:
+                    if os.path.lexists(target):
+                        os.unlink(target)        # a stale signature would fail the new db
+                else:
+                    self.err(f"error: failed retrieving file '{job.name}' from all mirrors "
+                             f"({res['error']})")
+                    failed.append(repo)
+                continue
             repo = job.name[:-3]
             if res["status"] == "unchanged":
                 self.out(f" {repo} is up to date")
@@ -334,9 +358,27 @@ class Transaction:
         jobs = [download.Job(name=p["filename"],
                              urls=tuple(f"{s.rstrip('/')}/{p['filename']}" for s in p["servers"]),
                              size=p["size"]) for p in need]
-        results = self._fetch(jobs, f"{len(jobs)} package{'s' if len(jobs) != 1 else ''}")
+        levels = {r.name: r.siglevel for r in self.conf.repos}
+        sigs = [p for p in need if not p.get("has_sig")
+                and levels.get(p.get("repo"), 0) & pacmanconf.SIG_PACKAGE]
+        sig_jobs = [download.Job(name=p["filename"] + ".sig",
+                                 urls=tuple(f"{s.rstrip('/')}/{p['filename']}.sig"
+                                            for s in p["servers"]),
+                                 max_size=SIG_MAX_SIZE) for p in sigs]
+        results = self._fetch(jobs + sig_jobs,
+                              f"{len(jobs)} package{'s' if len(jobs) != 1 else ''}")
         ddir = os.path.join(self.conf.cachedir, DOWNLOAD_DIR)
         failed = []
+        for p, res in zip(sigs, results[len(jobs):]):
+            name = p["filename"] + ".sig"
+            if res["status"] == "downloaded":
+                self._install_file(os.path.join(ddir, name),
+                                   os.path.join(self.conf.cachedir, name), expected_sha256=None)
+            elif not levels.get(p.get("repo"), 0) & pacmanconf.SIG_PACKAGE_OPTIONAL:
+                self.err(f"error: failed retrieving file '{name}' from all mirrors "
+                         f"({res['error']})")
+                failed.append(name)
+        results = results[:len(jobs)]
         for p, res in zip(need, results):
             if res["status"] != "downloaded":
                 self.err(f"error: failed retrieving file '{p['filename']}' from all mirrors "
@@ -357,7 +399,26 @@ class Transaction:
 
     # -- extract + scriptlets ---------------------------------------------------------------
 
-    def _extract_policy(self):
+    def _keyring_copy(self, handle) -> str | None:
+        """libalpm verifies signatures in the extract domain with gpg, which writes lock and
+        trust files in its home: give it a private copy of GPGDir, never the real one."""
+        import shutil
+        import tempfile
+        src = self.conf.gpgdir
+        if not os.path.isdir(src):
+            return None
+        dest = tempfile.mkdtemp(prefix="pkgsandbox-gnupg-")
+        self._tempdirs.append(dest)
+
+        def ignore(_dir, names):
+            return [n for n in names if n.startswith("S.") or n.endswith(".lock")]
+        shutil.copytree(src, os.path.join(dest, "gnupg"), symlinks=True, ignore=ignore,
+                        dirs_exist_ok=True)
+        os.chmod(os.path.join(dest, "gnupg"), 0o700)
+        handle.gpgdir = os.path.join(dest, "gnupg")
+        return os.path.join(dest, "gnupg")
+
+    def _extract_policy(self, gpgdir: str | None = None):
         conf = self.conf
         if not os.path.exists(conf.logfile):
             os.makedirs(os.path.dirname(conf.logfile), exist_ok=True)
@@ -366,7 +427,8 @@ class Transaction:
         policy = profile.resolve(self.library.load("extract"),
                                  {"root": conf.root, "dbpath": conf.dbpath,
                                   "cachedir": conf.cachedir, "logfile": conf.logfile,
-                                  "gpgdir": conf.gpgdir}, phase="extract")
+                                  "gpgdir": gpgdir or "/nonexistent/gnupg"},
+                                 phase="extract")
         extra = [PathGrant(path=t, rights=frozenset({"read_file"}), origin="-U target")
                  for t in self.opts.targets if self.opts.op == "upgrade"]
         extra += [PathGrant(path=d, rights=frozenset({"read_file", "read_dir"}),
@@ -381,7 +443,17 @@ class Transaction:
         transaction (libalpm decides what to download when it resolves, so the files must be
         in the cache before the committing worker resolves)."""
         o = self.opts
-        policy = self._extract_policy()
+        try:
+            return self._commit(handle, trans)
+        finally:
+            import shutil
+            for d in self._tempdirs:
+                shutil.rmtree(d, ignore_errors=True)
+            self._tempdirs.clear()
+
+    def _commit(self, handle, trans) -> int:
+        o = self.opts
+        policy = self._extract_policy(self._keyring_copy(handle))
         pre_hooks = self._hooks("PreTransaction")
         request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade,
                    "depends": sorted({d for h in pre_hooks for d in h.depends})}
@@ -626,7 +698,7 @@ class Transaction:
         self.out(f":: Running {label}-transaction hooks...")
         ok = True
         for n, (h, targets) in enumerate(matched, 1):
-            self.out(f"({n}/{len(matched)}) {h.description or h.name}")
+            self.out(f"({n}/{len(matched)}) {h.description or h.name + '.hook'}")
             if not all(satisfied.get(d) for d in h.depends):
                 self.err(f"error: unable to run hook {h.name}: could not satisfy dependencies")
                 if when == "PreTransaction" and h.abort_on_fail:
@@ -679,10 +751,13 @@ class Transaction:
         lines = [":: pkgsandbox: what each phase ran under"]
         for r in self.runs:
             rep = r.report
-            dropped = [d.item for d in rep.dropped if d.kind != "flag"]
-            extra = f"; not enforced: {', '.join(dropped)}" if dropped else ""
-            lines.append(f" {r.phase:<9} {r.subject:<32} [{rep.profile}] {rep.status}, "
-                         f"ABI {rep.abi}{extra}; {r.status}")
+            open_items = rep.uncovered()
+            closed = sorted({v for _, v in rep.covered})
+            extra = f"; not enforced: {', '.join(open_items)}" if open_items else \
+                "; nothing left open"
+            also = f" + {', '.join(closed)}" if closed else ""
+            lines.append(f" {r.phase:<9} {r.subject:<30} [{rep.profile}] Landlock ABI "
+                         f"{rep.abi} {rep.status.split()[0]}{also}{extra}; {r.status}")
         return lines
 
 

@@ -236,6 +236,7 @@ SHIPPED = {
                             (53, "connect_send_udp")}),
     "extract": dict(ports=set()),
     "hook": dict(ports=set()),
+    "inspect": dict(ports=set()),
     "package": dict(ports=set()),
     "prepare": dict(ports=set()),
     "scriptlet": dict(ports=set()),

@@ -10,6 +10,8 @@ before it reaches a message, and nothing here interprets the bytes it stores (th
 verifies and moves them). A NAME.part left by a failed attempt is resumed with Range and
 If-Range: its mtime is the Last-Modified of the file it is part of, so a file that changed on
 the mirror since (a sync database) is fetched whole instead of spliced onto stale bytes.
+fetch_into() is the same for one job and one descriptor the caller opened (`pkgsandbox fetch`,
+pacman's XferCommand): the domain then needs no filesystem write right at all.
 Job and ports_for() are pure; standard library only.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import errno
+import fcntl
 import http.client
 import logging
 import os
@@ -25,6 +28,7 @@ import re
 import ssl
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from urllib.parse import unquote, urljoin, urlsplit
@@ -194,9 +198,10 @@ class _Failure(Exception):
 
 
 class _Session:
-    """State shared by the jobs of one fetch_all(): the directory and the TLS context."""
+    """State shared by the jobs of one fetch_all(): the directory and the TLS context.
+    destdir None: no directory (_IntoSession writes through a descriptor instead)."""
 
-    def __init__(self, *, destdir: str, connect_timeout: float, stall_timeout: float,
+    def __init__(self, *, destdir: str | None, connect_timeout: float, stall_timeout: float,
                  ca_file: str | None):
         self.destdir = destdir
         self.connect_timeout = connect_timeout
@@ -205,7 +210,7 @@ class _Session:
         self._tls: ssl.SSLContext | None = None
         self._tls_error: str | None = None
         self._lock = threading.Lock()
-        self.dirfd = _open_destdir(destdir)
+        self.dirfd = _open_destdir(destdir) if destdir is not None else -1
 
     def close(self) -> None:
         if self.dirfd >= 0:
@@ -361,7 +366,7 @@ class _Session:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as exc:
-            raise _Failure(f"cannot open {path}: {_os_message(exc)}") from None
+            raise _Failure(f"cannot open {path} as {_whoami()}: {_os_message(exc)}") from None
         with open(fd, "rb", buffering=0) as src:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -534,8 +539,8 @@ def _open_destdir(destdir: str) -> int:
     try:
         fd = os.open(destdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise SetupError(f"download directory {destdir}: {_os_message(exc)}",
-                         path=destdir) from None
+        raise SetupError(f"download directory {destdir}: cannot open it as {_whoami()}: "
+                         f"{_os_message(exc)}", path=destdir) from None
     probe = f".pkgsandbox-probe.{os.getpid()}"
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -546,6 +551,141 @@ def _open_destdir(destdir: str) -> int:
         raise SetupError(f"download directory {destdir}: cannot create files there as "
                          f"{_whoami()}: {_os_message(exc)}", path=destdir) from None
     return fd
+
+
+# ---------------------------------------------------------------------------------------------
+# One job into a descriptor (pkgsandbox fetch: pacman's XferCommand names the file).
+
+def fetch_into(job: Job, fd: int, *, connect_timeout: float = 10, stall_timeout: float = 10,
+               ca_file: str | None = None, deadline: float | None = None) -> dict:
+    """Fetch one job into `fd`, an open, writable regular file, instead of destdir/NAME.
+
+    For `pkgsandbox fetch` (pacman's XferCommand), where pacman names the output file (its
+    NAME.part) and renames it itself. Runs INSIDE the download domain, which then needs no
+    filesystem write right at all: every byte goes through the descriptor the unconfined
+    parent opened. The file's bytes are a part to resume, exactly like a NAME.part in
+    fetch_all (Range, and If-Range with the file's mtime); a part that must not be resumed
+    is truncated, never unlinked, and nothing is renamed. `deadline`: seconds for the whole
+    job, after which it fails with its bytes kept for a resume.
+
+    Returns a Fetched dict. downloaded: size is the file's size, mtime the Last-Modified.
+    failed: size is the number of bytes kept for a resume, mtime the Last-Modified of the
+    file they are part of (None if unknown). The mtime is set on the file here when the
+    caller's user may (it owns the file); otherwise the caller sets it from the result, so
+    the next attempt's If-Range matches. A per-job failure is reported, never raised;
+    BadInput for bad arguments or a descriptor that is not a writable regular file."""
+    if not isinstance(job, Job):
+        raise BadInput(f"not a download job: {job!r}")
+    for label, value in (("connect_timeout", connect_timeout), ("stall_timeout", stall_timeout),
+                         ("deadline", 1 if deadline is None else deadline)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise BadInput(f"{label} must be a positive number of seconds (got {value!r})")
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise BadInput(f"not a file descriptor: {fd!r}")
+    try:
+        st = os.fstat(fd)
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError as exc:
+        raise BadInput(f"{job.name}{PART_SUFFIX}: unusable descriptor: "
+                       f"{_os_message(exc)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"{job.name}{PART_SUFFIX}: not a regular file")
+    if mode == os.O_RDONLY:
+        raise BadInput(f"{job.name}{PART_SUFFIX}: descriptor not open for writing")
+    session = _IntoSession(fd, connect_timeout=float(connect_timeout),
+                           stall_timeout=float(stall_timeout), ca_file=ca_file,
+                           deadline=None if deadline is None else float(deadline))
+    try:
+        result = session.fetch(job)
+    finally:
+        session.close()
+    out = asdict(result)
+    if result.status == "failed":
+        try:
+            kept = os.fstat(fd).st_size
+        except OSError:
+            kept = 0
+        out["size"] = kept
+        out["mtime"] = (session.stamp_ns / 1e9 if kept and session.stamp_ns is not None
+                        else None)
+    return out
+
+
+class _IntoSession(_Session):
+    """A _Session whose one 'NAME.part' is an open descriptor: resumed from its size and
+    mtime, appended to, truncated instead of unlinked, never renamed."""
+
+    def __init__(self, fd: int, *, deadline: float | None, **kwargs):
+        super().__init__(destdir=None, **kwargs)
+        self.fd = fd
+        self.budget = deadline
+        self.deadline = None if deadline is None else time.monotonic() + deadline
+        #: Last-Modified (ns) of the file the descriptor's bytes are part of, when known
+        self.stamp_ns: int | None = None
+
+    def _part(self, job: Job) -> tuple[int, float]:
+        try:
+            st = os.fstat(self.fd)
+        except OSError as exc:
+            raise _Failure(f"{job.name}{PART_SUFFIX}: {_os_message(exc)}") from None
+        if st.st_size > job.limit or (job.size is None and st.st_size == job.limit):
+            self._unlink_part(job)
+            return 0, 0.0
+        return st.st_size, st.st_mtime
+
+    def _open_part(self, job: Job, *, append: bool):
+        try:
+            if not append:
+                os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_END)
+            dup = os.dup(self.fd)          # shares the offset; close-on-exec
+        except OSError as exc:
+            raise _Failure(f"cannot write {job.name}{PART_SUFFIX}: {_os_message(exc)}") from None
+        return open(dup, "wb", buffering=0)    # an int: no O_TRUNC, nothing is reopened
+
+    def _unlink_part(self, job: Job) -> None:
+        self.stamp_ns = None
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError as exc:
+            log.warning("%s%s: cannot truncate: %s", job.name, PART_SUFFIX, _os_message(exc))
+
+    def _finish(self, job: Job, out, url: str, *, mtime_ns: int | None) -> Fetched:
+        self.stamp_ns = mtime_ns
+        if mtime_ns is not None:
+            try:
+                os.utime(self.fd, ns=(mtime_ns, mtime_ns))
+            except OSError:
+                pass        # not this user's file: the caller sets it from the result
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError as exc:
+            raise _Failure(f"cannot store {job.name}: {_os_message(exc)}") from None
+        out.close()
+        return Fetched(name=job.name, status="downloaded", url=url, size=size,
+                       mtime=None if mtime_ns is None else mtime_ns / 1e9)
+
+    def _store(self, job: Job, url: str, source, *, offset: int, expected: int | None,
+               mtime_ns: int | None, read) -> Fetched:
+        self.stamp_ns = mtime_ns
+        if self.deadline is not None:
+            read = self._within_deadline(read)
+        return super()._store(job, url, source, offset=offset, expected=expected,
+                              mtime_ns=mtime_ns, read=read)
+
+    def _within_deadline(self, read):
+        """read(n), failing (the bytes kept, as for a stall) once the job's time is up."""
+        got = 0
+
+        def bounded(n):
+            nonlocal got
+            if time.monotonic() > self.deadline:
+                raise _Failure(f"took longer than {self.budget:g} s (after {got} bytes of "
+                               f"the body)")
+            chunk = read(n)
+            got += len(chunk)
+            return chunk
+        return bounded
 
 
 # ---------------------------------------------------------------------------------------------

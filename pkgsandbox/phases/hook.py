@@ -31,7 +31,7 @@ def run(*, hook, targets: tuple[str, ...] | None, root: str, library: profile.Li
         argv[0] = "/" + argv[0]
     data = None
     if hook.needs_targets:
-        data = "".join(f"{t}\n" for t in (targets or ())).encode()
+        data = "".join(f"{t}\n" for t in (targets or ())).encode("utf-8", "surrogateescape")
     env = policy.environment.build(dict(os.environ))
     with enforce.prepare(policy, cap=cap, compat=compat) as prepared:
         result = runner.run(argv, prepared, env=env, chroot=None if root == "/" else root,
