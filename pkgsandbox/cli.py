@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = add("inspect", "open package archives in the extract domain and report what they "
                        "would do to a system")
-    i.add_argument("files", nargs="+", metavar="FILE")
+    i.add_argument("files", nargs="*", metavar="FILE")
+    i.add_argument("--pending", action="store_true",
+                   help="read package names on stdin (alpm hook NeedsTargets) and inspect "
+                        "each one's newest archive in the cache")
+    i.add_argument("--config", default="/etc/pacman.conf", metavar="PATH",
+                   help="pacman.conf naming the cache directories (with --pending)")
 
     add("demo", "a sandboxed -Sy/-S with a hostile package, into a throwaway root")
     return p
@@ -476,7 +481,20 @@ def cmd_fetch(args, s) -> int:
 
 def cmd_inspect(args, s) -> int:
     from .phases import inspect
-    return inspect.command(list(args.files), library=profile.Library(s["dirs"]), cap=s["cap"],
+    files = list(args.files)
+    if args.pending:
+        from . import alpm
+        conf = alpm.read_conf(args.config)
+        names = [line.strip() for line in sys.stdin if line.strip()]
+        archives, missing = inspect.pending_archives(names, conf)
+        for name in missing:
+            _err(f"pkgsandbox: warning: {name}: no archive in the cache to inspect")
+        files += archives
+        if not files:
+            return 0
+    elif not files:
+        raise UsageError("inspect: no FILE given (or --pending with names on stdin)")
+    return inspect.command(files, library=profile.Library(s["dirs"]), cap=s["cap"],
                            compat=s["compat"], as_json=s["json"], out=_out, err=_err)
 
 

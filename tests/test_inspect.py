@@ -884,3 +884,22 @@ def test_cli_evil_corpus_in_one_run():
                 json.loads(r.stdout)}
     assert verdicts == EXPECTED
     assert time.monotonic() - start < 120
+
+
+def test_pending_mode_finds_the_newest_archive_in_the_cache(tmp_path):
+    """The alpm hook's mode: names on stdin, archives from pacman.conf's CacheDir."""
+    from pkgsandbox.repobuild import PkgFile, PkgSpec, build_package
+    cache = tmp_path / "cache"
+    build_package(PkgSpec(name="good-pkg", version="1.0-1",
+                          files=(PkgFile(path="usr/share/x", content=b"x"),)), cache)
+    build_package(PkgSpec(name="good-pkg", version="2.0-1",
+                          files=(PkgFile(path="etc/pacman.d/evil", content=b"x"),)), cache)
+    conf = tmp_path / "pacman.conf"
+    conf.write_text(f"[options]\nCacheDir = {cache}\n")
+    r = subprocess.run([sys.executable, "-m", "pkgsandbox", "inspect", "--pending", "--config",
+                        str(conf)], input="good-pkg\nmissing-pkg\n", capture_output=True,
+                       text=True, timeout=120)
+    # the newest (2.0-1) is the hostile one: exit 3 aborts the transaction (AbortOnFail)
+    assert r.returncode == 3, r.stderr
+    assert "good-pkg-2.0-1-any" in r.stdout and "hostile" in r.stdout
+    assert "missing-pkg: no archive in the cache" in r.stderr

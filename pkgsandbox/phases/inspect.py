@@ -1192,9 +1192,65 @@ def _from_child(file: str, value, enforcement: EnforcementReport) -> Report:
     except (ValueError, AttributeError, TypeError) as exc:
         return _failed(file, "parser-crash", f"the sandboxed parser returned a malformed "
                                              f"answer ({exc})", enforcement)
+    findings = _owned_places(findings, str(pkginfo.get("pkgname", "")))
     return Report(file=file, verdict=verdict_for(findings), findings=tuple(findings),
                   pkginfo=pkginfo, install_functions=functions, entries=counts[0],
                   bytes=counts[1], format=fmt, enforcement=enforcement)
+
+
+#: Sensitive places that a package of this name legitimately owns (Arch's packages): its own
+#: files there are reported as a warning, not as hostile. Prefixes relative to the root.
+OWNED_SENSITIVE: dict[str, tuple[str, ...]] = {
+    "sudo": ("etc/sudoers", "etc/sudoers.d/"),
+    "pacman": ("etc/pacman.conf", "etc/makepkg.conf", "etc/pacman.d/"),
+    "pacman-mirrorlist": ("etc/pacman.d/mirrorlist",),
+    "archlinux-keyring": ("etc/pacman.d/",),
+    "intel-ucode": ("boot/",), "amd-ucode": ("boot/",), "memtest86+": ("boot/",),
+    "memtest86+-efi": ("boot/",), "grub": ("boot/",), "syslinux": ("boot/",),
+    "filesystem": ("root/", "home/", "boot/", "etc/"),
+}
+
+
+def _owned_places(findings, pkgname: str):
+    owned = OWNED_SENSITIVE.get(pkgname, ())
+    if not owned:
+        return findings
+    out = []
+    for f in findings:
+        entry = f.entry.lstrip("./")
+        if f.kind == "sensitive-path" and f.severity == "hostile" and \
+                any(entry == o.rstrip("/") or entry.startswith(o) for o in owned):
+            f = Finding(severity="warning", kind=f.kind, entry=f.entry,
+                        detail=f.detail + f" (owned by the {pkgname} package)")
+        out.append(f)
+    return out
+
+
+def pending_archives(names: list[str], conf) -> tuple[list[str], list[str]]:
+    """For the PreTransaction hook (NeedsTargets gives package names): each name's newest
+    archive in the cache directories. Returns (archives, names not found)."""
+    import glob
+    from .. import alpm
+    found, missing = [], []
+    for name in names:
+        best, best_ver = None, None
+        for d in conf.cachedirs:
+            for path in glob.glob(os.path.join(glob.escape(d), glob.escape(name) + "-*.pkg.tar*")):
+                base = os.path.basename(path)
+                if base.endswith(".sig"):
+                    continue
+                stem = base.split(".pkg.tar", 1)[0]
+                parts = stem.rsplit("-", 3)
+                if len(parts) != 4 or parts[0] != name:
+                    continue
+                version = f"{parts[1]}-{parts[2]}"
+                if best is None or alpm.vercmp(version, best_ver) > 0:
+                    best, best_ver = path, version
+        if best:
+            found.append(best)
+        else:
+            missing.append(name)
+    return found, missing
 
 
 # ---------------------------------------------------------------------------------------------
