@@ -230,7 +230,8 @@ class Transaction:
                              as_root=user is None and os.geteuid() == 0) as prepared:
             self._warn(prepared.report)
             result = runner.call(download.fetch_all, jobs, ddir,
-                                 parallel=self.conf.parallel_downloads, prepared=prepared,
+                                 parallel=self.conf.parallel_downloads, progress=True,
+                                 prepared=prepared,
                                  user=user, cwd=ddir, timeout=DOWNLOAD_DEADLINE)
         self.runs.append(PhaseRun(phase="download", subject=label, report=result.report))
         return result.value
@@ -442,10 +443,17 @@ class Transaction:
         the download phase, and commit in a second worker forked from the same locked
         transaction (libalpm decides what to download when it resolves, so the files must be
         in the cache before the committing worker resolves)."""
-        o = self.opts
+        first = len(self.runs)
+        status = 1
         try:
-            return self._commit(handle, trans)
+            status = self._commit(handle, trans)
+            return status
         finally:
+            if status != 0:
+                # the phase ran, but the transaction did not complete: say so in the report
+                for i in range(first, len(self.runs)):
+                    if self.runs[i].phase == "extract" and self.runs[i].status == "ok":
+                        self.runs[i] = replace(self.runs[i], status="transaction failed")
             import shutil
             for d in self._tempdirs:
                 shutil.rmtree(d, ignore_errors=True)

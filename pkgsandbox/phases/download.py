@@ -153,8 +153,46 @@ def ports_for(urls) -> frozenset[int]:
 # ---------------------------------------------------------------------------------------------
 # The phase.
 
+class _Progress:
+    """One line on the terminal (standard error), redrawn at most five times a second:
+    files done, bytes, percent of what the jobs announced. Nothing when not on a tty."""
+
+    def __init__(self, jobs, stream_fd: int = 2):
+        self.fd = stream_fd
+        self.total = sum(j.size or 0 for j in jobs)
+        self.files = len(jobs)
+        self.done_files = 0
+        self.bytes = 0
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, n: int = 0, *, finished: bool = False) -> None:
+        with self._lock:
+            self.bytes += n
+            self.done_files += 1 if finished else 0
+            now = time.monotonic()
+            if now - self._last < 0.2 and not finished:
+                return
+            self._last = now
+            pct = f" {min(100, self.bytes * 100 // self.total):3d}%" if self.total else ""
+            line = (f"\r:: downloading {self.done_files}/{self.files} files, "
+                    f"{self.bytes / 1048576:.1f}"
+                    + (f"/{self.total / 1048576:.1f}" if self.total else "") + f" MiB{pct}")
+            try:
+                os.write(self.fd, line.encode())
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            os.write(self.fd, b"\n")
+        except OSError:
+            pass
+
+
 def fetch_all(jobs, destdir: str, *, parallel: int = 1, connect_timeout: float = 10,
-              stall_timeout: float = 10, ca_file: str | None = None) -> list[dict]:
+              stall_timeout: float = 10, ca_file: str | None = None,
+              progress: bool = False) -> list[dict]:
     """Fetch every job into destdir, up to `parallel` at a time; one result dict per job, in
     job order (see Fetched). A per-job failure is reported, never raised; BadInput for bad
     jobs or arguments and SetupError for an unusable download directory are raised before
@@ -174,16 +212,26 @@ def fetch_all(jobs, destdir: str, *, parallel: int = 1, connect_timeout: float =
             raise BadInput(f"{label} must be a positive number of seconds (got {value!r})")
     session = _Session(destdir=destdir, connect_timeout=float(connect_timeout),
                        stall_timeout=float(stall_timeout), ca_file=ca_file)
+    if progress and jobs and os.isatty(2):
+        session.progress = _Progress(jobs)
+
+    def one(job):
+        result = session.fetch(job)
+        if session.progress is not None:
+            session.progress.add(finished=True)
+        return result
     try:
         if not jobs:
             return []
         if parallel == 1 or len(jobs) == 1:
-            results = [session.fetch(job) for job in jobs]
+            results = [one(job) for job in jobs]
         else:
             with ThreadPoolExecutor(max_workers=min(parallel, len(jobs)),
                                     thread_name_prefix="download") as pool:
-                results = list(pool.map(session.fetch, jobs))
+                results = list(pool.map(one, jobs))
     finally:
+        if session.progress is not None:
+            session.progress.close()
         session.close()
     return [asdict(r) for r in results]
 
@@ -211,6 +259,7 @@ class _Session:
         self._tls_error: str | None = None
         self._lock = threading.Lock()
         self.dirfd = _open_destdir(destdir) if destdir is not None else -1
+        self.progress: _Progress | None = None
 
     def close(self) -> None:
         if self.dirfd >= 0:
@@ -343,6 +392,8 @@ class _Session:
                 except OSError as exc:
                     raise _Failure(f"cannot write {job.name}{PART_SUFFIX}: "
                                    f"{_os_message(exc)}") from None
+                if self.progress is not None:
+                    self.progress.add(len(chunk))
             if expected is not None and total < expected:
                 raise _Failure(f"short: {source} ended after {total} of {expected} bytes")
             if job.size is not None and total != job.size:
