@@ -239,9 +239,10 @@ def fetch_all(jobs, destdir: str, *, parallel: int = 1, connect_timeout: float =
 class _Failure(Exception):
     """One attempt on one mirror failed. `discard`: the .part must not be resumed."""
 
-    def __init__(self, message: str, *, discard: bool = False):
+    def __init__(self, message: str, *, discard: bool = False, retry: bool = False):
         super().__init__(message)
         self.message = message
+        self.retry = retry
         self.discard = discard
 
 
@@ -286,7 +287,14 @@ class _Session:
         errors = []
         for url in job.urls:
             try:
-                result = self._attempt(job, url)
+                try:
+                    result = self._attempt(job, url)
+                except _Failure as first:
+                    if not first.retry:
+                        raise
+                    log.info("%s: %s: %s; trying once more", job.name, _redact(url),
+                             first.message)
+                    result = self._attempt(job, url)
             except _Failure as failure:
                 errors.append(f"{_redact(url)}: {_clip(failure.message)}")
                 log.info("%s: %s failed: %s", job.name, _redact(url), failure.message)
@@ -466,7 +474,11 @@ class _Session:
                     raise _Failure(f"stalled: no response for {self.stall_timeout:g} s") \
                         from None
                 except OSError as exc:
-                    raise _Failure(f"request failed: {_os_message(exc)}") from None
+                    # A server that closed without a word (a dropped keep-alive, an
+                    # overloaded mirror) gets one more try before the next mirror.
+                    raise _Failure(f"request failed: {_os_message(exc)}",
+                                   retry=isinstance(exc, http.client.RemoteDisconnected)) \
+                        from None
                 except http.client.HTTPException as exc:
                     raise _Failure(f"bad HTTP response: {_describe(exc)}") from None
                 status = resp.status
