@@ -410,7 +410,7 @@ class Library:
             if key not in seen:
                 seen.add(key)
                 self.dirs.append(d)
-        self._cache: dict[str, Profile] = {}
+        self._cache: dict[tuple, Profile] = {}
 
     def find(self, name: str, kind: str = "") -> Path | None:
         if not _NAME.match(name):
@@ -467,6 +467,18 @@ class Library:
 
     def _load(self, path: Path, *, stack: tuple[str, ...],
               implicit_parent: str | None = None) -> Profile:
+        # A Library lives for one command: profiles read once (a transaction resolves the
+        # scriptlet profile for every package).
+        cache_key = (os.path.realpath(str(path)), implicit_parent, stack)
+        cached = self._cache.get(cache_key)
+        if cached is not None:
+            return cached
+        profile = self._load_uncached(path, stack=stack, implicit_parent=implicit_parent)
+        self._cache[cache_key] = profile
+        return profile
+
+    def _load_uncached(self, path: Path, *, stack: tuple[str, ...],
+                       implicit_parent: str | None = None) -> Profile:
         file = str(path)
         key = os.path.realpath(file)
         if key in stack:
