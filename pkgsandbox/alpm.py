@@ -270,13 +270,18 @@ def engine(chan, handle, trans, request: dict) -> dict:
         elif event == EVENT_START:
             state["index"] += 1
             item = state["sequence"][state["index"]]
-            chan.send({"type": "pkg_start", **_public(item),
-                       "scriptlet": _scriptlet_for(handle, trans, item)})
-            _wait(chan, "continue")
+            script = _scriptlet_for(handle, trans, item)
+            item["paused"] = script is not None
+            # Only a package with a scriptlet makes libalpm wait for the parent.
+            chan.send({"type": "pkg_start", **_public(item), "scriptlet": script,
+                       "wait": item["paused"]})
+            if item["paused"]:
+                _wait(chan, "continue")
         elif event == EVENT_DONE:
             item = state["sequence"][state["index"]]
-            chan.send({"type": "pkg_done", **_public(item)})
-            _wait(chan, "continue")
+            chan.send({"type": "pkg_done", **_public(item), "wait": item.get("paused", True)})
+            if item.get("paused", True):
+                _wait(chan, "continue")
 
     def on_log(level, line):
         if level & pyalpm.LOG_ERROR:
@@ -467,7 +472,8 @@ def _archive_scriptlet(handle, pkg) -> str | None:
         path = pkg.filename
     if path is None:
         return None
-    proc = subprocess.run(["bsdtar", "-xOf", path, ".INSTALL"], capture_output=True,
+    # -q: stop at the first match instead of reading the whole archive
+    proc = subprocess.run(["bsdtar", "-qxOf", path, ".INSTALL"], capture_output=True,
                           env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, timeout=120,
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0 or len(proc.stdout) > MAX_SCRIPTLET:

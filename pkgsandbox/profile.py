@@ -188,9 +188,13 @@ def _oneline(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
+#: libyaml's composer when PyYAML has it (6x faster; same nodes and marks), else Python's
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _compose(file: str, text: str):
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

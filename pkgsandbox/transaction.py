@@ -550,10 +550,12 @@ class Transaction:
             kind = msg.get("type")
             if kind == "pkg_start":
                 self.on_pkg(msg, "pre", pending)
-                w.channel.send({"type": "continue"})
+                if msg.get("wait", True):
+                    w.channel.send({"type": "continue"})
             elif kind == "pkg_done":
                 self.on_pkg(msg, "post", pending)
-                w.channel.send({"type": "continue"})
+                if msg.get("wait", True):
+                    w.channel.send({"type": "continue"})
             elif kind == "pre_hooks":
                 self.changes = msg.get("changes") or {}
                 ok = self.run_hooks("PreTransaction", self.changes,

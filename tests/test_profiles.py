@@ -90,7 +90,7 @@ BAD = [
     # YAML itself
     ("yaml_unclosed_flow", "description: x\nscope: [signal,\n  abstract_unix_socket\n"
                            "filesystem: []\n", 4, "", "invalid YAML"),
-    ("yaml_tab_indent", "description: x\n\tcompat: best-effort\n", 2, "", ("invalid YAML", r"'\t'")),
+    ("yaml_tab_indent", "description: x\n\tcompat: best-effort\n", 2, "", "invalid YAML"),
     ("yaml_tab_in_list", "filesystem:\n\t- {path: /usr, access: [read]}\n", 2, "",
      "invalid YAML"),
     ("yaml_bad_indent", "description: x\n  compat: best-effort\n", 2, "", "invalid YAML"),
@@ -260,8 +260,8 @@ BAD = [
     pytest.param("bug_env_set_invalid_date", "environment:\n  set:\n    BUILD_DATE: 2024-02-30\n",
                  3, "environment.set.BUILD_DATE", "", marks=bug(BUG_CONSTRUCT),
                  id="bug_env_set_invalid_date"),
-    pytest.param("bug_deep_nesting", "filesystem: " + "[" * 1000 + "]" * 1000 + "\n", None, "",
-                 "nested too deeply",
+    pytest.param("bug_deep_nesting", "filesystem: " + "[" * 1000 + "]" * 1000 + "\n", 1, "",
+                 "nesting",
                  marks=bug("profile.py _compose: yaml.compose recurses per nesting level and "
                            "RecursionError is not caught (from ~500 levels), so the CLI exits "
                            "1 'internal error: RecursionError' instead of 2 with file:line"),
