@@ -337,8 +337,10 @@ class Clock:
         return {k: [v[0], round(v[1], 6)] for k, v in self.acc.items()}
 
 
-def _spawn_label(self, args, *a, **k) -> str:
-    return f"spawn {os.path.basename(str(args[0]))}: fork/vfork, child setup, exec (Popen)"
+def _spawn_label(self, *a, **k) -> str:
+    args = a[0] if a else k.get("args", ["?"])
+    name = os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args))
+    return f"spawn {name}: fork/vfork, child setup, exec (Popen)"
 
 
 def _run_label(self, *a, **k) -> str:
@@ -560,6 +562,21 @@ def fs_type(path: Path) -> str:
     return kind
 
 
+def skip_reason() -> str | None:
+    """Why this machine cannot run the benchmark, or None."""
+    if os.geteuid() != 0:
+        return "needs root (pacman and pkgsandbox transactions)"
+    for tool in ("pacman", "bsdtar", "repo-add", "busybox"):
+        if not shutil.which(tool, path=ENV_CLEAN["PATH"]):
+            return f"needs {tool}"
+    try:
+        import pyalpm  # noqa: F401
+    except ImportError:
+        return (f"{sys.executable} has no pyalpm: run it with the checkout's .venv "
+                f"(bench/run picks it) or PYTHON=...")
+    return None
+
+
 def machine() -> dict:
     from spawn import machine as spawn_machine
     return spawn_machine()
@@ -592,9 +609,9 @@ def main(argv=None) -> int:
     reps = args.reps if args.reps is not None else (2 if args.quick else 5)
     if n < 2 or reps < 1:
         ap.error("-n must be at least 2 and --reps at least 1")
-    if os.geteuid() != 0:
-        print("bench/transaction.py: needs root (pacman and pkgsandbox transactions); "
-              "skipped", file=sys.stderr)
+    missing = skip_reason()
+    if missing:
+        print(f"bench/transaction.py: skipped: {missing}", file=sys.stderr)
         return 0
     from pkgsandbox import landlock
     from tests.support.mirror import Mirror

@@ -270,7 +270,8 @@ def engine(chan, handle, trans, request: dict) -> dict:
         elif event == EVENT_START:
             state["index"] += 1
             item = state["sequence"][state["index"]]
-            script = _scriptlet_for(handle, trans, item)
+            script = None if request.get("noscriptlet") else \
+                _scriptlet_for(handle, trans, item)
             item["paused"] = script is not None
             # Only a package with a scriptlet makes libalpm wait for the parent.
             chan.send({"type": "pkg_start", **_public(item), "scriptlet": script,

@@ -224,6 +224,7 @@ def cmd_doctor(args, s) -> int:
                       "restrict_flags": sorted(abi.restrict_flags(in_force))},
         "audit": {"available": audit.available, "enabled": audit.enabled,
                   "detail": audit.detail},
+        "layers": _layer_support(in_force),
         "profiles": rows,
     }
     if s["json"]:
@@ -241,12 +242,34 @@ def cmd_doctor(args, s) -> int:
     _out(f"scopes:        {', '.join(sup['scopes']) or '-'}")
     _out(f"audit flags:   {', '.join(sup['restrict_flags']) or '-'}")
     _out(f"audit:         {audit.detail}")
+    for name, state in data["layers"].items():
+        _out(f"{name + ':':<15}{state}")
     _out("")
     _out(f"{'profile':<12} {'on this kernel':<20} not enforced here")
     for row in rows:
         dropped = "; ".join(row["dropped"]) or row["refusal"] or "-"
         _out(f"{row['profile']:<12} {row['status']:<20} {dropped}")
     return 0
+
+
+def _layer_support(abi_in_force: int) -> dict[str, str]:
+    """What each layer beside Landlock can do on this machine (doctor)."""
+    from . import hardening
+    root = os.geteuid() == 0
+    return {
+        "no_new_privs": "always set before landlock_restrict_self",
+        "capabilities": (f"bounding set of {len(hardening.bounding_set())} capabilities; "
+                         "root phases keep only their profile's list") if root else
+                        "not root: phases run with no capability",
+        "private_netns": "available (root): phases without network get their own"
+                         if root else "needs root: unavailable",
+        "seccomp_unix": ("not needed: Landlock resolve_unix (ABI >= 9)" if
+                         abi_in_force >= 9 else
+                         "available: refuses AF_UNIX sockets below ABI 9"
+                         if hardening.seccomp_supported() else
+                         "unavailable on this architecture: pathname UNIX sockets open"),
+        "user_switch": "DownloadUser for downloads (pacman.conf)",
+    }
 
 
 def cmd_profile(args, s) -> int:

@@ -464,6 +464,7 @@ class Transaction:
         policy = self._extract_policy(self._keyring_copy(handle))
         pre_hooks = self._hooks("PreTransaction")
         request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade,
+                   "noscriptlet": o.noscriptlet,
                    "depends": sorted({d for h in pre_hooks for d in h.depends})}
         with enforce.prepare(policy, cap=o.cap, compat=o.compat) as prepared:
             self._warn(prepared.report)

@@ -16,13 +16,13 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/io.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -71,7 +71,8 @@ static void clean(char *s) {
 static int do_write(const char *path, int flags) {
     int fd = open(path, O_WRONLY | O_CLOEXEC | flags, 0644);
     if (fd < 0) return fail("open");
-    if (write(fd, "pwned\n", 6) != 6) return fail("write");
+    static const char text[] = "# pwned\n";     /* a comment in a conf, YAML or shell file */
+    if (write(fd, text, sizeof text - 1) != (ssize_t)(sizeof text - 1)) return fail("write");
     close(fd);
     return ok("written");
 }
@@ -155,6 +156,16 @@ static int run(int argc, char **argv) {
         return do_write(a1, O_CREAT | O_TRUNC);
     }
     if (!strcmp(op, "append")) return do_write(a1, O_APPEND);
+    if (!strcmp(op, "plant-hook")) {     /* a valid alpm hook that never matches: inert */
+        static const char hook[] = "# pwned\n[Trigger]\nOperation = Remove\nType = Package\n"
+            "Target = no-such-package-pwned\n\n[Action]\nWhen = PostTransaction\n"
+            "Exec = /usr/bin/true\n";
+        int fd = open(a1, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) return fail("open");
+        if (write(fd, hook, sizeof hook - 1) != (ssize_t)(sizeof hook - 1)) return fail("write");
+        close(fd);
+        return ok("hook planted");
+    }
     if (!strcmp(op, "read")) return do_read(a1);
     if (!strcmp(op, "truncate")) {
         if (truncate(a1, 0) != 0) return fail("truncate");
@@ -187,15 +198,22 @@ static int run(int argc, char **argv) {
         close(s);
         return ok("connected, token sent");
     }
-    if (!strcmp(op, "tcp-bind")) {
+    if (!strcmp(op, "tcp-listen")) {      /* bind, listen, wait A3 ms for the host to connect */
         struct sockaddr_in sa;
         inet_addr_of(a1, a2, &sa);
         int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (s < 0) return fail("socket");
         if (bind(s, (struct sockaddr *)&sa, sizeof sa) != 0) return fail("bind");
-        if (listen(s, 1) != 0) return fail("listen");
+        if (listen(s, 4) != 0) return fail("listen");
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        int r = poll(&p, 1, atoi(a3));
+        if (r < 0) return fail("poll");
+        if (r == 0) { errno = ETIMEDOUT; return fail("bound-but-no-connection-reached-it"); }
+        int c = accept(s, NULL, NULL);
+        if (c < 0) return fail("accept");
+        close(c);
         close(s);
-        return ok("bound and listening");
+        return ok("bound; a connection from the host arrived");
     }
     if (!strcmp(op, "udp-send")) {
         struct sockaddr_in sa;
@@ -308,10 +326,6 @@ static int run(int argc, char **argv) {
         if (gethostname(name, sizeof name - 1) != 0) return fail("gethostname");
         if (sethostname(name, strlen(name)) != 0) return fail("sethostname");
         return ok("hostname set to itself");
-    }
-    if (!strcmp(op, "ioperm")) {          /* I/O port access for this process only */
-        if (ioperm(0x80, 1, 1) != 0) return fail("ioperm");
-        return ok("port 0x80 granted");
     }
     if (!strncmp(op, "escape-", 7)) {
         if (escape_chroot() != 0) return 1;
