@@ -195,9 +195,20 @@ class CallResult:
     report: EnforcementReport
 
 
+def _only_environment(env: dict[str, str] | None) -> None:
+    """In a forked child: the process environment becomes `env` (default: PATH and the
+    locale only), so no secret of the orchestrator's environment reaches the domain."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items()
+               if k in ("PATH", "LANG", "TZ") or k.startswith("LC_")}
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
          user: User | None = None, chroot: str | None = None, cwd: str | None = None,
-         max_result: int = 16 << 20, **kwargs) -> CallResult:
+         max_result: int = 16 << 20, env: dict[str, str] | None = None,
+         **kwargs) -> CallResult:
     """Run fn(*args, **kwargs) in a forked child inside the domain; return its value.
 
     The value must be JSON-serialisable: the parent never unpickles what a sandboxed child
@@ -215,6 +226,7 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
             _child_setup(prepared, chroot=chroot, cwd=cwd, user=user, umask=None,
                          errpipe=wfd)()
             _close_inherited({wfd})
+            _only_environment(env)
             try:
                 payload = {"ok": fn(*args, **kwargs)}
             except PkgsandboxError as exc:
@@ -442,7 +454,7 @@ class Worker:
 
 def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
            chroot: str | None = None, cwd: str | None = None,
-           limit: int = 16 << 20) -> Worker:
+           limit: int = 16 << 20, env: dict[str, str] | None = None) -> Worker:
     """Fork a child that enters the domain and runs fn(channel, *args). fn's return value
     (JSON-serialisable) is sent as {"type": "__result__", "value": ...}; an exception as
     {"type": "__error__", "error": class name, "message": ...}. The child exits after."""
@@ -461,6 +473,7 @@ def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
                          errpipe=errw)()
             os.close(errw)
             _close_inherited({child_sock.fileno()})
+            _only_environment(env)
             chan = Channel(child_sock)
             try:
                 chan.send({"type": "__result__", "value": fn(chan, *args)})

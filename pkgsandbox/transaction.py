@@ -231,6 +231,7 @@ class Transaction:
             self._warn(prepared.report)
             result = runner.call(download.fetch_all, jobs, ddir,
                                  parallel=self.conf.parallel_downloads, progress=True,
+                                 env=policy.environment.build(dict(os.environ)),
                                  prepared=prepared,
                                  user=user, cwd=ddir, timeout=DOWNLOAD_DEADLINE)
         self.runs.append(PhaseRun(phase="download", subject=label, report=result.report))
@@ -462,6 +463,7 @@ class Transaction:
     def _commit(self, handle, trans) -> int:
         o = self.opts
         policy = self._extract_policy(self._keyring_copy(handle))
+        self._extract_env = policy.environment.build(dict(os.environ))
         pre_hooks = self._hooks("PreTransaction")
         request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade,
                    "noscriptlet": o.noscriptlet,
@@ -510,7 +512,7 @@ class Transaction:
 
     def _spawn(self, prepared, handle, trans, request):
         w = runner.worker(alpm.engine, handle, trans, request, prepared=prepared,
-                          cwd=self.conf.root, limit=CHANGES_LIMIT)
+                          cwd=self.conf.root, limit=CHANGES_LIMIT, env=self._extract_env)
         self.runs.append(PhaseRun(phase="extract", subject=self.opts.op, report=w.report))
         return w
 

@@ -210,7 +210,10 @@ def _run_child(job: download.Job, fd: int, output: str, *, prepared: enforce.Pre
     reaper = runner.Reaper()
     w = None
     try:
-        w = runner.worker(_child, job, options, prepared=prepared, user=user, cwd="/")
+        env = {k: v for k, v in os.environ.items()
+               if k in ("PATH", "LANG", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+               or k.startswith("LC_")}
+        w = runner.worker(_child, job, options, prepared=prepared, user=user, cwd="/", env=env)
         try:
             socket.send_fds(w.channel.sock, [b"\0"], [fd])
         except OSError as exc:
