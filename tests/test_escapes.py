@@ -19,8 +19,8 @@ file under tmp_path, a listener or a `sleep` the test started, or is a call whos
 check comes before anything it would change (reboot with a bad magic number, settimeofday with
 nothing to set, sethostname to the current name, init_module of 64 zero bytes, a tmpfs mount
 unmounted at once, a sysctl written with the value it has). Known gaps (the sensitive-path layer
-under /etc is not built yet; the download phase's UDP and UNIX sockets below ABI 10/9) are
-strict xfails with the reason; the rest must hold.
+under /etc is not built yet; the download phase's UDP below ABI 10) are strict xfails with the
+reason; the rest must hold.
 
 PKGSANDBOX_ESCAPES_TABLE=FILE writes the attempt table (markdown) to FILE at the end.
 """
@@ -61,13 +61,13 @@ SANDBOXED_RUNS = {"abi7": "7", "abi5": "5", "abi3": "3"}
 RUNS = ("stock", *SANDBOXED_RUNS)
 CHROOTED_PHASES = ("scriptlet", "hook")
 HOOK_NAME = "zz-escape"
-LISTEN_WAIT_MS = 1500            # how long a probe's listener waits for the host to connect
+LISTEN_WAIT_MS = 1000            # how long a probe's listener waits for the host to connect
 
 ETC_GAP = ("known gap: the scriptlet/hook domain grants all of {{root}}/etc (read, write, create, "
            "remove: profiles/chrooted.yaml) because account tools create lock and temp files "
            "beside /etc/passwd; the sensitive-path layer that should narrow it (DESIGN 3) is "
-           "not built yet. Repro: a post_install doing `echo x > {target}` succeeds under "
-           "`pkgsandbox -U` at every ABI.")
+           "not built yet. Repro: a post_install (or a hook's Exec) doing `echo x > {target}` "
+           "succeeds under `pkgsandbox -U` at every ABI.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ ETC_GAP = ("known gap: the scriptlet/hook domain grants all of {{root}}/etc (rea
 @dataclass(frozen=True)
 class Attempt:
     name: str
-    op: str                        # a plan line for escprobe (or a key for the Python attempts)
+    op: str                        # a plan line for escprobe ("" for the download attempts)
     refused: frozenset[str]        # errnos that mean "refused" (ABI 7, and capped ABIs)
     what: str = ""                 # one line for the table
     unconfined: str = "ok"         # ok | cap-passed (any errno but EPERM) | EINVAL
@@ -356,7 +356,7 @@ def _unmount_leftovers(base: Path) -> None:
 def probe(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("probe") / "escprobe"
     cc = shutil.which("gcc") or shutil.which("cc")
-    assert cc, "a C compiler is needed to build tests/data/escapes/escprobe.c (bootstrap installs gcc)"
+    assert cc, "a C compiler is needed for tests/data/escapes/escprobe.c (bootstrap installs gcc)"
     proc = subprocess.run([cc, "-static", "-O1", "-Wall", "-o", str(out), str(PROBE_SOURCE)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"building escprobe failed:\n{proc.stderr}"
@@ -528,13 +528,31 @@ def chrooted(tmp_path_factory, hostile_pkg, net, sleepers) -> dict[str, Chrooted
 # ---------------------------------------------------------------------------------------------
 # Checking one chrooted attempt.
 
+def _eventually(check, wait: bool) -> bool:
+    """check(), retried for a while when the attempt said it worked (a datagram or a dying
+    process may lag behind the probe's own report)."""
+    deadline = time.monotonic() + (5 if wait else 0)
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _dead(proc: subprocess.Popen) -> bool:
+    return proc.poll() is not None
+
+
 def _effect_seen(a: Attempt, cr: ChrootedRun, phase: str, net: Net) -> bool | None:
     """Independent evidence that the attempt had its effect (None: nothing to look at)."""
     ctx = cr.context[phase]
+    o = cr.outcomes[phase].get(a.name)
+    wait = bool(o and o.ok)
     if a.token:
-        return f"{cr.run}:{phase}:{a.name}" in net.tokens
+        return _eventually(lambda: f"{cr.run}:{phase}:{a.name}" in net.tokens, wait)
     if a.name == "signal":
-        return cr.targets[phase]["kill"].poll() is not None
+        return _eventually(lambda: _dead(cr.targets[phase]["kill"]), wait)
     if a.name == "tcp-bind":
         return ctx["listen_port"] in net.reached
     if a.name == "truncate-usr":
@@ -685,8 +703,8 @@ def _payload_package(outdir: Path) -> Path:
     return out
 
 
-def _extract_policy(root: Path, profiles: Path | None = None):
-    lib = profile.Library([str(profiles)] if profiles else [], include_system=False)
+def _extract_policy(root: Path):
+    lib = profile.Library(include_system=False)
     return profile.resolve(lib.load("extract"), {
         "root": str(root), "dbpath": str(root / "var/lib/pacman"),
         "cachedir": str(root / "var/cache/pacman/pkg"),
@@ -957,20 +975,6 @@ DL_GAP_UDP = ("known gap: the download profile grants connect_send_udp 53 (DNS);
               "runner.call(fn sending UDP to 127.0.0.1:PORT, prepared=enforce.prepare(download "
               "policy)) -> delivered. Suspected code: enforce.layers_for (no seccomp/netns "
               "option for UDP when ports are granted).")
-DL_GAP_UNIX = ("known gap: profiles/download.yaml lists unix_sockets: "
-               "[/run/systemd/resolve/io.systemd.Resolve]; below ABI 9 a non-empty list "
-               "disables the seccomp AF_UNIX filter (enforce.layers_for: deny_unix only when "
-               "the list is empty), so the download phase may connect to EVERY pathname UNIX "
-               "socket (systemd's private socket, D-Bus). Reported as not enforced "
-               "(resolve_unix). Repro: runner.call(fn connecting to a listener at a tmp path, "
-               "prepared=enforce.prepare(download policy)) -> connected.")
-DL_GAP_ENV = ("known gap (DESIGN 2 layer 5: no environment beyond an allow-list): runner.call "
-              "runs the download function in a forked child that keeps the orchestrator's "
-              "whole os.environ; the profile's environment allow-list is applied only to "
-              "exec'd programs (runner.run). Repro: FOO=secret pkgsandbox -Sy ...: "
-              "os.environ['FOO'] is readable inside download.fetch_all. Suspected code: "
-              "runner.call / runner.worker (no os.environ reset from policy.environment).")
-
 DOWNLOAD: list[Attempt] = [
     A("write-outside", "", what="create a file outside the download dir",
       effect="{outside_file}"),
@@ -991,7 +995,7 @@ DOWNLOAD: list[Attempt] = [
     A("udp-send", "", ("EACCES", "ENETUNREACH", "EPERM"), what="UDP datagram to a loopback port",
       listed_as="connect_send_udp", token=True, gap=DL_GAP_UDP),
     A("unix-pathname", "", ("EACCES",), what="connect to a pathname UNIX socket",
-      listed_as="resolve_unix", token=True, gap=DL_GAP_UNIX),
+      listed_as="resolve_unix", token=True),
     A("unix-abstract", "", ("EPERM", "EACCES"), what="connect to an abstract UNIX socket",
       listed_as="abstract_unix_socket", token=True),
     A("signal", "", ("EPERM",), what="SIGTERM a `sleep` outside", listed_as="signal"),
@@ -1009,8 +1013,8 @@ DOWNLOAD: list[Attempt] = [
     A("sys-write", "", what="open a /sys file to write"),
     A("inherited-descriptor", "", ("EBADF",),
       what="write through a descriptor the orchestrator had open", effect="{fd_file}"),
-    A("environment-secret", "", ("absent",), what="read the orchestrator's environment",
-      gap=DL_GAP_ENV),
+    A("environment-secret", "", ("absent",),
+      what="read a variable of the orchestrator's environment"),
 ]
 
 
@@ -1074,7 +1078,8 @@ def download(tmp_path_factory, net, sleepers, monkeypatch_module) -> dict[str, D
             fd_file = d / "inherited.log"
             fd = os.open(fd_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             spec = {"ddir": str(ddir), "cache": str(cache), "syncdb": str(d / "sync/test.db"),
-                    "log": str(d / "pacman.log"), "outside_file": str(base / "outside" / f"evil-{run}"),
+                    "log": str(d / "pacman.log"),
+                    "outside_file": str(base / "outside" / f"evil-{run}"),
                     "secret": str(base / "outside/secret"), "tcp": net.tcp_port,
                     "mirror": net.mirror_port, "udp": net.udp_port,
                     "abstract": net.abstract_name, "unix": str(d / "escape.sock"),
@@ -1091,7 +1096,9 @@ def download(tmp_path_factory, net, sleepers, monkeypatch_module) -> dict[str, D
                         "downloaddir": str(ddir), "server_ports": str(net.mirror_port)},
                         phase="download")
                     with enforce.prepare(policy, cap=int(SANDBOXED_RUNS[run])) as prepared:
+                        # as Transaction._fetch calls it
                         raw = runner.call(_dl_attempts, spec, prepared=prepared, cwd=str(ddir),
+                                          env=policy.environment.build(dict(os.environ)),
                                           timeout=60).value
                         not_enforced = prepared.report.uncovered()
             finally:
@@ -1115,10 +1122,11 @@ def monkeypatch_module():
 
 
 def _dl_effect(a: Attempt, r: DownloadRun, net: Net) -> bool | None:
+    wait = r.outcomes[a.name].ok
     if a.token:
-        return f"{r.run}:download:{a.name}" in net.tokens
+        return _eventually(lambda: f"{r.run}:download:{a.name}" in net.tokens, wait)
     if a.name == "signal":
-        return r.kill_target.poll() is not None
+        return _eventually(lambda: _dead(r.kill_target), wait)
     if a.name == "tcp-bind":
         return r.spec["listen_port"] in net.reached
     if a.effect:
@@ -1155,11 +1163,12 @@ def test_download_domain_still_does_its_job(download, net):
         r = download[run]
         assert r.outcomes["legit-mirror-connect"].ok, (run, r.outcomes["legit-mirror-connect"])
         assert r.outcomes["legit-write-part"].ok
-        assert f"{run}:download:mirror" in net.tokens
-    assert download["abi7"].not_enforced == ["resolve_unix", "bind_udp", "connect_send_udp",
-                                             "connect_send_udp:53"]
+        assert _eventually(lambda: f"{run}:download:mirror" in net.tokens, True)
+    # UDP is what ABI 7 leaves open here (the gap above); UNIX sockets are closed by seccomp.
+    assert set(download["abi7"].not_enforced) == {"bind_udp", "connect_send_udp",
+                                                  "connect_send_udp:53"}
     for run in ("abi5", "abi3"):
-        assert {"signal", "abstract_unix_socket"} <= set(download[run].not_enforced)
+        assert "signal" in download[run].not_enforced
     assert {"connect_tcp", "bind_tcp"} <= set(download["abi3"].not_enforced)
 
 
@@ -1216,7 +1225,8 @@ def test_legitimate_scriptlet_work_succeeds_like_stock_pacman(tmp_path):
             _copy_program(root.path, t)
         (root.path / "etc/shells").write_text("/bin/sh\n")
         for f in ("shadow", "gshadow"):
-            (root.path / "etc" / f).write_text("root:*::0:::::\n" if f == "shadow" else "root:*::\n")
+            text = "root:*::0:::::\n" if f == "shadow" else "root:*::\n"
+            (root.path / "etc" / f).write_text(text)
             (root.path / "etc" / f).chmod(0o600)
         roots.append(root)
     a, b = roots
