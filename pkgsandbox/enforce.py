@@ -31,6 +31,7 @@ class Prepared:
     private_network: bool = False
     capabilities: frozenset[str] | None = None
     deny_unix: bool = False
+    policy: Policy | None = None
 
     def close(self) -> None:
         if self.ruleset_fd is not None:
@@ -113,34 +114,11 @@ def layers_for(policy: Policy, decision: abi.Downgrade, *, as_root: bool
     return plan, tuple(out)
 
 
-def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = None,
-            kernel: landlock.KernelSupport | None = None, as_root: bool | None = None
-            ) -> Prepared:
-    """Decide and build the ruleset. Raises RequirementError when the policy may not run.
-    `as_root`: whether the sandboxed process will be root (default: this process's euid)."""
-    kernel = kernel or landlock.probe()
-    decision = decide(policy, kernel=kernel, cap=cap, compat=compat)
-    if as_root is None:
-        as_root = os.geteuid() == 0
-    plan, layers = layers_for(policy, decision, as_root=as_root)
-    covered = plan.pop("covered")
-    unfixed = tuple(f"erratum {n} ({area}): {what}"
-                    for n, area, what in abi.errata_affecting(decision.abi, kernel.errata))
-    report = EnforcementReport(
-        phase=policy.phase, profile=policy.name, kernel_abi=kernel.abi, abi=decision.abi,
-        errata=kernel.errata, compat=decision.compat.value, status=decision.status.value,
-        landlock=decision.restrict, no_new_privs=True, dropped=decision.dropped,
-        unfixed_errata=unfixed,
-        skipped_paths=tuple(f"{g.path} (optional, missing; {g.origin})" for g in policy.skipped),
-        handled_fs=tuple(sorted(decision.handled_fs, key=lambda r: abi.FS_RIGHTS[r][0])),
-        handled_net=tuple(sorted(decision.handled_net)), scopes=tuple(sorted(decision.scopes)),
-        flags=tuple(sorted(decision.flags)), note=decision.refusal, layers=layers,
-        covered=covered if decision.restrict else ())
-    if not decision.may_run:
-        raise RequirementError(f"profile {policy.name}: {decision.refusal}",
-                               profile=policy.name, abi=decision.abi)
-    if not decision.restrict:
-        return Prepared(decision=decision, report=report, ruleset_fd=None, flags=0, **plan)
+def build_ruleset(policy: Policy, decision: abi.Downgrade) -> tuple[int, int, list[str]]:
+    """Create the ruleset and add every rule: (fd, rules added, grants skipped and why).
+    Called in the parent; again in the child when the phase has copy-on-write overlays
+    (Landlock ignores rules on a directory a mount hides, so those rules must be made on the
+    overlay's own inodes, after it is mounted)."""
     fd = None
     try:
         fd = landlock.create_ruleset(
@@ -187,10 +165,52 @@ def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = N
         if fd is not None:
             os.close(fd)
         raise
+    return fd, rules, refused
+
+
+def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = None,
+            kernel: landlock.KernelSupport | None = None, as_root: bool | None = None
+            ) -> Prepared:
+    """Decide and build the ruleset. Raises RequirementError when the policy may not run.
+    `as_root`: whether the sandboxed process will be root (default: this process's euid)."""
+    kernel = kernel or landlock.probe()
+    decision = decide(policy, kernel=kernel, cap=cap, compat=compat)
+    if as_root is None:
+        as_root = os.geteuid() == 0
+    plan, layers = layers_for(policy, decision, as_root=as_root)
+    covered = plan.pop("covered")
+    unfixed = tuple(f"erratum {n} ({area}): {what}"
+                    for n, area, what in abi.errata_affecting(decision.abi, kernel.errata))
+    report = EnforcementReport(
+        phase=policy.phase, profile=policy.name, kernel_abi=kernel.abi, abi=decision.abi,
+        errata=kernel.errata, compat=decision.compat.value, status=decision.status.value,
+        landlock=decision.restrict, no_new_privs=True, dropped=decision.dropped,
+        unfixed_errata=unfixed,
+        skipped_paths=tuple(f"{g.path} (optional, missing; {g.origin})" for g in policy.skipped),
+        handled_fs=tuple(sorted(decision.handled_fs, key=lambda r: abi.FS_RIGHTS[r][0])),
+        handled_net=tuple(sorted(decision.handled_net)), scopes=tuple(sorted(decision.scopes)),
+        flags=tuple(sorted(decision.flags)), note=decision.refusal, layers=layers,
+        covered=covered if decision.restrict else ())
+    if not decision.may_run:
+        raise RequirementError(f"profile {policy.name}: {decision.refusal}",
+                               profile=policy.name, abi=decision.abi)
+    if not decision.restrict:
+        return Prepared(decision=decision, report=report, ruleset_fd=None, flags=0,
+                        policy=policy, **plan)
+    fd, rules, refused = build_ruleset(policy, decision)
     if refused:
         report = replace(report, skipped_paths=report.skipped_paths + tuple(refused))
     return Prepared(decision=decision, report=replace(report, rules=rules), ruleset_fd=fd,
-                    flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags), **plan)
+                    flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags), policy=policy, **plan)
+
+
+def rebuild_in_child(prepared: Prepared) -> None:
+    """In the child, after its mounts changed (copy-on-write overlays): build the ruleset
+    again so rules land on the inodes this child will see."""
+    if prepared.ruleset_fd is None or prepared.policy is None:
+        return
+    fd, _, _ = build_ruleset(prepared.policy, prepared.decision)
+    prepared.ruleset_fd = fd
 
 
 def before_chroot(prepared: Prepared) -> None:

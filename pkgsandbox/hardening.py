@@ -153,3 +153,26 @@ def deny_unix_sockets() -> None:
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
     if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         raise _fail("seccomp filter")
+
+
+# --- copy-on-write directories (an overlay in a private mount namespace) --------------------
+
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+
+
+def overlay(target: str, upper: str, work: str) -> None:
+    """In the child, as root: a private mount namespace, then `target` shadowed by an overlay
+    whose writes land in `upper` (the parent reviews and applies them after the phase)."""
+    for p in (target, upper, work):
+        if any(c in p for c in ",:\\\n"):
+            raise OSError(errno.EINVAL, f"unusable path for an overlay: {p!r}")
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise _fail("unshare(CLONE_NEWNS)")
+    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise _fail("make mounts private")
+    options = f"lowerdir={target},upperdir={upper},workdir={work}".encode()
+    if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options) != 0:
+        raise _fail(f"overlay on {target}")

@@ -89,6 +89,10 @@ class Policy:
     unix_sockets: tuple[str, ...] | None = None
     #: run in a private network namespace (when root)
     private_network: bool = False
+    #: directories the phase sees through a copy-on-write overlay (when root); the parent
+    #: applies the changes after, except to `protected` paths
+    copy_on_write: tuple[str, ...] = ()
+    protected: tuple[str, ...] = ()
 
     def request(self) -> abi.Request:
         granted = frozenset().union(*(g.rights for g in self.paths)) if self.paths else frozenset()

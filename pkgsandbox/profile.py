@@ -55,7 +55,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
 TOP_KEYS = ("profile", "description", "phase", "extends", "compat", "min_abi", "filesystem",
             "network", "scope", "logging", "environment", "capabilities", "unix_sockets",
-            "private_network")
+            "private_network", "copy_on_write", "protected")
 GRANT_KEYS = ("path", "access", "optional")
 NETWORK_KEYS = tuple(abi.NET_RIGHTS)
 LOGGING_KEYS = ("same_exec", "new_exec", "subdomains")
@@ -97,6 +97,8 @@ class Profile:
     capabilities: frozenset[str] | None = None
     unix_sockets: tuple[Grant, ...] | None = None
     private_network: bool = False
+    copy_on_write: tuple[Grant, ...] = ()
+    protected: tuple[Grant, ...] = ()
     chain: tuple[str, ...] = ()   # files merged, base first
     explicit: frozenset[str] = frozenset()   # single-value keys some file in the chain set
 
@@ -369,6 +371,16 @@ def _parse(file: str, text: str, default_name: str) -> _Parsed:
         fields["unix_sockets"] = tuple(socks)
     if "private_network" in top:
         fields["private_network"] = doc.boolean(top["private_network"][1], "private_network")
+    for key in ("copy_on_write", "protected"):
+        if key in top:
+            items = []
+            for i, item in enumerate(doc.sequence(top[key][1], key)):
+                where = f"{key}[{i}]"
+                path = doc.string(item, where)
+                check_template(doc, item, where, path)
+                items.append(Grant(path=path, rights=frozenset(), optional=True,
+                                   origin=f"{file}:{item.start_mark.line + 1}", where=where))
+            fields[key] = tuple(items)
     if "logging" in top:
         entry = doc.mapping(top["logging"][1], "logging", LOGGING_KEYS)
         fields["logging"] = {k: doc.boolean(v, f"logging.{k}") for k, (_, v) in entry.items()}
@@ -538,7 +550,7 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
     base = dict(phase=None, description="", compat=Compat.BEST_EFFORT, min_abi=0,
                 filesystem=(), ports=(), scopes=frozenset(abi.SCOPES), logging=Logging(),
                 env_allow=(), env_set=(), capabilities=None, unix_sockets=None,
-                private_network=False, chain=())
+                private_network=False, copy_on_write=(), protected=(), chain=())
     explicit: set[str] = set()
     for p in parents:
         for k in ("phase", "description", "compat", "scopes", "logging", "capabilities",
@@ -547,6 +559,8 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
                 base[k] = getattr(p, k)
         if p.unix_sockets is not None:
             base["unix_sockets"] = (base["unix_sockets"] or ()) + p.unix_sockets
+        base["copy_on_write"] += p.copy_on_write
+        base["protected"] += p.protected
         base["min_abi"] = max(base["min_abi"], p.min_abi)
         base["filesystem"] += p.filesystem
         base["ports"] += p.ports
@@ -562,6 +576,8 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
             explicit.add(k)
     if "unix_sockets" in f:
         base["unix_sockets"] = (base["unix_sockets"] or ()) + f["unix_sockets"]
+    base["copy_on_write"] += f.get("copy_on_write", ())
+    base["protected"] += f.get("protected", ())
     base["filesystem"] += f.get("filesystem", ())
     base["ports"] += f.get("ports", ())
     if "logging" in f:
@@ -644,6 +660,11 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
         environment=Environment(allow=profile.env_allow, set=profile.env_set),
         skipped=tuple(skipped), capabilities=profile.capabilities,
         private_network=profile.private_network,
+        copy_on_write=tuple(dict.fromkeys(substitute(g.path, values)
+                                          for g in profile.copy_on_write
+                                          if all(v in values for v in _VAR.findall(g.path)))),
+        protected=tuple(dict.fromkeys(substitute(g.path, values) for g in profile.protected
+                                      if all(v in values for v in _VAR.findall(g.path)))),
         unix_sockets=None if profile.unix_sockets is None else
         tuple(substitute(g.path, values) for g in profile.unix_sockets))
 

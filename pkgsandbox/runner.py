@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from . import enforce
+from . import enforce, hardening
 from .errors import (EXIT_SETUP, ExecError, NotFound, PkgsandboxError, SetupError,
                      TimeoutExpired)
 from . import errors as _errors_mod
@@ -61,13 +61,20 @@ class Result:
 
 
 def _child_setup(prepared: enforce.Prepared, *, chroot: str | None, cwd: str | None,
-                 user: User | None, umask: int | None, errpipe: int):
+                 user: User | None, umask: int | None, errpipe: int,
+                 overlays: tuple[tuple[str, str, str], ...] = ()):
     """Runs in the forked child before exec. Any failure is written to errpipe, then raised."""
     def setup():
         step = "start"
         try:
             step = "create a private network namespace"
             enforce.before_chroot(prepared)
+            for target, upper, work in overlays:
+                step = f"copy-on-write overlay on {target}"
+                hardening.overlay(target, upper, work)
+            if overlays:
+                step = "build the Landlock rules on the overlays"
+                enforce.rebuild_in_child(prepared)
             if chroot:
                 step = f"chroot {chroot}"
                 os.chroot(chroot)
@@ -104,7 +111,8 @@ def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
         cwd: str | None = None, chroot: str | None = None, user: User | None = None,
         umask: int | None = None, timeout: float | None = None, capture: bool = False,
         stdin=None, input: bytes | None = None, pass_fds: tuple[int, ...] = (),
-        merge_stderr: bool = False) -> Result:
+        merge_stderr: bool = False,
+        overlays: tuple[tuple[str, str, str], ...] = ()) -> Result:
     """Run argv (no shell, no PATH lookup beyond the given env's PATH) in the prepared domain."""
     if not argv:
         raise ExecError("no command given")
@@ -119,7 +127,7 @@ def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
                 stderr=(subprocess.STDOUT if merge_stderr else subprocess.PIPE) if capture
                 else None,
                 preexec_fn=_child_setup(prepared, chroot=chroot, cwd=cwd, user=user,
-                                        umask=umask, errpipe=wfd))
+                                        umask=umask, errpipe=wfd, overlays=overlays))
         except subprocess.SubprocessError:
             os.close(wfd)
             wfd = -1

@@ -100,6 +100,7 @@ class Transaction:
         self.refused_files: list[str] = []
         self.changes: dict = {}
         self._tempdirs: list[str] = []
+        self.protected_refusals = 0
         self.hook_errors: list[str] = []
         self._quiet_status = False
 
@@ -464,6 +465,7 @@ class Transaction:
         o = self.opts
         policy = self._extract_policy(self._keyring_copy(handle))
         self._extract_env = policy.environment.build(dict(os.environ))
+        self._extract_protected = policy.protected
         pre_hooks = self._hooks("PreTransaction")
         request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade,
                    "noscriptlet": o.noscriptlet,
@@ -561,12 +563,14 @@ class Transaction:
                     w.channel.send({"type": "continue"})
             elif kind == "pre_hooks":
                 self.changes = msg.get("changes") or {}
-                ok = self.run_hooks("PreTransaction", self.changes,
-                                    satisfied=self.changes.get("satisfied", {}))
+                ok = self.check_protected(self.changes)
+                if ok:
+                    ok = self.run_hooks("PreTransaction", self.changes,
+                                        satisfied=self.changes.get("satisfied", {}))
+                    if not ok:
+                        self.err("error: failed to commit transaction (failed to run "
+                                 "transaction hooks)")
                 w.channel.send({"type": "continue" if ok else "abort"})
-                if not ok:
-                    self.err("error: failed to commit transaction (failed to run transaction "
-                             "hooks)")
             elif kind == "committed":
                 self.run_hooks("PostTransaction", self.changes, worker=w)
                 w.channel.send({"type": "done"})
@@ -662,8 +666,34 @@ class Transaction:
         status = "ok" if outcome.status == 0 else f"exit {outcome.status}"
         if outcome.status != 0:
             self.err("error: command failed to execute correctly")
+        if outcome.refused:
+            self._refused_changes(f"{name} {function}", outcome.refused)
+            status += f", {len(outcome.refused)} protected change(s) refused"
         self.runs.append(PhaseRun(phase="scriptlet", subject=f"{name} {function}",
                                   report=outcome.report, status=status))
+
+    def check_protected(self, changes: dict) -> bool:
+        """No package file may land at a protected path of the extract profile, unless the
+        package is the one that owns it (inspect.OWNED_SENSITIVE). Checked when libalpm is
+        about to change the system: a refusal aborts before any change."""
+        from .phases.inspect import OWNED_SENSITIVE
+        root = self.conf.root.rstrip("/")
+        protected = [os.path.relpath(p, root or "/") for p in self._extract_protected]
+        bad = []
+        for c in changes.get("packages", []):
+            owned = OWNED_SENSITIVE.get(str(c.get("name")), ())
+            for f in c.get("new_files", []):
+                rel = str(f).rstrip("/")
+                if any(rel == p or rel.startswith(p + "/") for p in protected) and \
+                        not any(rel == o.rstrip("/") or rel.startswith(o) for o in owned):
+                    if not str(f).endswith("/"):
+                        bad.append(f"{c.get('name')}: /{rel}")
+        for b in bad:
+            self.err(f"error: package file at a protected path: {b}")
+        if bad:
+            self.err("error: failed to commit transaction (a package would install files at "
+                     "protected paths; nothing was changed)")
+        return not bad
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -729,6 +759,9 @@ class Transaction:
             for line in outcome.output.splitlines():
                 self.out(line)
             status = "ok" if outcome.status == 0 else f"exit {outcome.status}"
+            if outcome.refused:
+                self._refused_changes(f"hook {h.name}", outcome.refused)
+                status += f", {len(outcome.refused)} protected change(s) refused"
             self.runs.append(PhaseRun(phase="hook", subject=h.name, report=outcome.report,
                                       status=status))
             if outcome.status != 0:
@@ -738,6 +771,12 @@ class Transaction:
             if not ok:
                 break
         return ok
+
+    def _refused_changes(self, who: str, paths) -> None:
+        root = self.conf.root.rstrip("/")
+        shown = ", ".join("/" + os.path.relpath(p, root or "/") if root else p for p in paths)
+        self.err(f"error: {who}: changes to protected paths refused (not applied): {shown}")
+        self.protected_refusals += len(paths)
 
     def _log_scriptlet(self, output: str) -> None:
         if not output:

@@ -229,3 +229,23 @@ def test_scriptlet_domain_refuses_escapes_while_legitimate_work_succeeds(tmp_pat
         assert query(b, "-Q").stdout == "hostile 1.0-1\n"
     finally:
         listener.close()
+
+
+def test_package_files_at_protected_paths_refuse_the_transaction(tmp_path):
+    """A payload landing in /etc/ld.so.preload or /etc/pacman.d/hooks (granted /etc for the
+    extract domain) is refused before any change; stock pacman installs it (the control)."""
+    repo = tmp_path / "repo"
+    build_repo([PkgSpec(name="sneaky", files=(
+        PkgFile(path="etc/ld.so.preload", content=b"/usr/lib/libevil.so\n"),
+        PkgFile(path="etc/pacman.d/hooks/evil.hook", content=b"x"),
+        PkgFile(path="usr/share/sneaky/ok", content=b"ok")))], repo)
+    a = new_root(tmp_path, "stock", f"file://{repo}")
+    b = new_root(tmp_path, "sandboxed", f"file://{repo}")
+    stock(a, "-Sy", "sneaky")
+    assert (a.path / "etc/ld.so.preload").exists()
+    r = sandboxed(b, "-Sy", "sneaky", check=False)
+    assert r.returncode == 1
+    assert "protected path: sneaky: /etc/ld.so.preload" in r.stderr
+    assert not (b.path / "etc/ld.so.preload").exists()
+    assert not (b.path / "usr/share/sneaky/ok").exists()
+    assert query(b, "-Q").stdout == ""

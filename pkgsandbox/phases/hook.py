@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from .. import enforce, profile, runner
+from . import cow
 from ..policy import EnforcementReport
 
 
@@ -20,6 +21,7 @@ class Outcome:
     status: int
     output: str
     report: EnforcementReport
+    refused: tuple[str, ...] = ()
 
 
 def run(*, hook, targets: tuple[str, ...] | None, root: str, library: profile.Library,
@@ -34,8 +36,10 @@ def run(*, hook, targets: tuple[str, ...] | None, root: str, library: profile.Li
         data = "".join(f"{t}\n" for t in (targets or ())).encode("utf-8", "surrogateescape")
     env = policy.environment.build(dict(os.environ))
     with enforce.prepare(policy, cap=cap, compat=compat) as prepared:
-        result = runner.run(argv, prepared, env=env, chroot=None if root == "/" else root,
-                            cwd="/", umask=0o022, capture=True, merge_stderr=True,
-                            timeout=timeout, input=data if data is not None else b"")
+        result, refused = cow.run_with(policy, lambda overlays: runner.run(
+            argv, prepared, env=env, chroot=None if root == "/" else root, cwd="/",
+            umask=0o022, capture=True, merge_stderr=True, timeout=timeout,
+            input=data if data is not None else b"", overlays=overlays))
     return Outcome(hook=hook.name, status=result.exit_status,
-                   output=result.stdout.decode("utf-8", errors="replace"), report=result.report)
+                   output=result.stdout.decode("utf-8", errors="replace"), report=result.report,
+                   refused=tuple(refused))

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .. import enforce, profile, runner
+from . import cow
 from ..errors import PkgsandboxError
 from ..policy import EnforcementReport
 
@@ -31,6 +32,8 @@ class Outcome:
     status: int
     output: str
     report: EnforcementReport
+    #: changes to protected paths the phase made in its copy-on-write view, not applied
+    refused: tuple[str, ...] = ()
 
 
 def function_for(op: str, when: str) -> str:
@@ -81,12 +84,12 @@ def run(*, script: str, function: str, args: list[str], pkgname: str, pkgver: st
         env["SHLVL"] = "1"
         argv = ["/bin/sh", "-c", f". {inside}; {function} {' '.join(args)}"]
         with enforce.prepare(policy, cap=cap, compat=compat) as prepared:
-            result = runner.run(argv, prepared, env=env,
-                                chroot=None if root == "/" else root, cwd="/", umask=0o022,
-                                capture=True, merge_stderr=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+            result, refused = cow.run_with(policy, lambda overlays: runner.run(
+                argv, prepared, env=env, chroot=None if root == "/" else root, cwd="/",
+                umask=0o022, capture=True, merge_stderr=True, timeout=timeout,
+                stdin=subprocess.DEVNULL, overlays=overlays))
         return Outcome(package=pkgname, function=function, status=result.exit_status,
                        output=result.stdout.decode("utf-8", errors="replace"),
-                       report=result.report)
+                       report=result.report, refused=tuple(refused))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
