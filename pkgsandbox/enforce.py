@@ -31,6 +31,7 @@ class Prepared:
     private_network: bool = False
     capabilities: frozenset[str] | None = None
     deny_unix: bool = False
+    deny_datagrams: bool = False
     policy: Policy | None = None
 
     def close(self) -> None:
@@ -71,7 +72,8 @@ def layers_for(policy: Policy, decision: abi.Downgrade, *, as_root: bool
     - UNIX sockets: on ABI >= 9 Landlock's resolve_unix confines pathname sockets; below it,
       a seccomp filter refuses new AF_UNIX sockets unless the profile lists sockets (then
       they are open, and reported so)."""
-    plan = {"private_network": False, "capabilities": None, "deny_unix": False}
+    plan = {"private_network": False, "capabilities": None, "deny_unix": False,
+            "deny_datagrams": False}
     covered: dict[str, str] = {}
     out = [("landlock", decision.status.value + f" (ABI {decision.abi})"),
            ("no_new_privs", "set before landlock_restrict_self")]
@@ -97,6 +99,12 @@ def layers_for(policy: Policy, decision: abi.Downgrade, *, as_root: bool
         udp = "udp by Landlock" if "connect_send_udp" in decision.handled_net else \
             "UDP NOT confined (ABI < 10)"
         out.append(("network", f"TCP ports {', '.join(str(p.port) for p in policy.ports if p.right == 'connect_tcp') or '-'}; {udp}"))
+    if not policy.datagram_sockets and hardening.seccomp_supported() \
+            and not plan["private_network"]:
+        plan["deny_datagrams"] = True
+        out.append(("udp", "seccomp: no datagram (UDP) socket at all"))
+        covered.setdefault("bind_udp", "seccomp (no UDP socket)")
+        covered.setdefault("connect_send_udp", "seccomp (no UDP socket)")
     if "resolve_unix" in decision.handled_fs:
         out.append(("unix_sockets", "pathname sockets: Landlock resolve_unix"
                     + (f" ({', '.join(policy.unix_sockets)})" if policy.unix_sockets else "")))
@@ -225,8 +233,8 @@ def enter(prepared: Prepared) -> None:
     if prepared.capabilities is not None and os.geteuid() == 0:
         hardening.limit_capabilities(prepared.capabilities)
     landlock.set_no_new_privs()
-    if prepared.deny_unix:
-        hardening.deny_unix_sockets()
+    if prepared.deny_unix or prepared.deny_datagrams:
+        hardening.socket_filter(unix=prepared.deny_unix, datagrams=prepared.deny_datagrams)
     if prepared.ruleset_fd is None:
         return
     landlock.restrict_self(prepared.ruleset_fd, prepared.flags)

@@ -104,6 +104,10 @@ _ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198),
          "riscv64": (0xC00000F3, 198), "ppc64le": (0xC0000015, 326),
          "s390x": (0x80000016, 359)}
 AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+SOCK_DGRAM = 2
+BPF_ALU_AND_K = 0x54
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_KILL_PROCESS = 0x80000000
@@ -122,13 +126,23 @@ def seccomp_supported() -> bool:
 
 
 def deny_unix_sockets() -> None:
-    """Install a seccomp filter: socket(AF_UNIX, ...) fails with EACCES (so no pathname or
-    abstract UNIX socket can be connected to: systemd, D-Bus, udev); every other call is
-    allowed. A foreign architecture's syscalls are killed. Needs no_new_privs first."""
+    """socket(AF_UNIX, ...) fails with EACCES (see socket_filter)."""
+    socket_filter(unix=True, datagrams=False)
+
+
+def socket_filter(*, unix: bool, datagrams: bool) -> None:
+    """Install a seccomp filter on socket(2): with `unix`, AF_UNIX sockets fail with EACCES
+    (no pathname or abstract UNIX socket can be reached: systemd, D-Bus, udev); with
+    `datagrams`, AF_INET/AF_INET6 datagram sockets fail with EACCES (no UDP at all, whatever
+    the Landlock ABI). Every other call is allowed; a foreign architecture's calls are killed.
+    Needs no_new_privs first."""
     arch = platform.machine()
     if arch not in _ARCH:
         raise OSError(errno.ENOTSUP, f"seccomp filter not available on {arch}")
     audit_arch, nr_socket = _ARCH[arch]
+    big_endian = arch == "s390x"
+    arg0 = 20 if big_endian else 16              # low word of args[0]: the domain
+    arg1 = 28 if big_endian else 24              # low word of args[1]: the type
 
     def stmt(code, k):
         return struct.pack("=HBBI", code, 0, 0, k)
@@ -136,21 +150,34 @@ def deny_unix_sockets() -> None:
     def jump(code, k, jt, jf):
         return struct.pack("=HBBI", code, jt, jf, k)
 
-    arg0_low = 20 if arch == "s390x" else 16      # low word of args[0] (endianness)
-    program = b"".join([
-        stmt(BPF_LD_W_ABS, 4),                                  # 0 seccomp_data.arch
-        jump(BPF_JEQ_K, audit_arch, 1, 0),                      # 1 native arch?
-        stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),              # 2 no: kill (i386, x32 tricks)
-        stmt(BPF_LD_W_ABS, 0),                                  # 3 seccomp_data.nr
-        jump(BPF_JGE_K, 0x40000000, 4, 0),                      # 4 x32 numbering: refuse
-        jump(BPF_JEQ_K, nr_socket, 0, 2),                       # 5 socket()?
-        stmt(BPF_LD_W_ABS, arg0_low),                           # 6 its domain
-        jump(BPF_JEQ_K, AF_UNIX, 1, 0),                         # 7 AF_UNIX?
-        stmt(BPF_RET_K, SECCOMP_RET_ALLOW),                     # 8
-        stmt(BPF_RET_K, SECCOMP_RET_ERRNO | errno.EACCES),      # 9
-    ])
-    buf = ctypes.create_string_buffer(program)
-    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    deny = stmt(BPF_RET_K, SECCOMP_RET_ERRNO | errno.EACCES)
+    allow = stmt(BPF_RET_K, SECCOMP_RET_ALLOW)
+    program = [
+        stmt(BPF_LD_W_ABS, 4),                                  # arch
+        jump(BPF_JEQ_K, audit_arch, 1, 0),
+        stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
+        stmt(BPF_LD_W_ABS, 0),                                  # nr
+        jump(BPF_JGE_K, 0x40000000, 0, 1),                      # x32 numbering: refuse
+        deny,
+        jump(BPF_JEQ_K, nr_socket, 1, 0),                       # socket()?
+        allow,
+        stmt(BPF_LD_W_ABS, arg0),                               # A = domain
+    ]
+    if unix:
+        program += [jump(BPF_JEQ_K, AF_UNIX, 0, 1), deny]
+    if datagrams:
+        program += [
+            jump(BPF_JEQ_K, AF_INET, 1, 0),
+            jump(BPF_JEQ_K, AF_INET6, 0, 4),
+            stmt(BPF_LD_W_ABS, arg1),                           # A = type
+            stmt(BPF_ALU_AND_K, 0xF),                           # without NONBLOCK/CLOEXEC
+            jump(BPF_JEQ_K, SOCK_DGRAM, 0, 1),
+            deny,
+        ]
+    program.append(allow)
+    code = b"".join(program)
+    buf = ctypes.create_string_buffer(code)
+    prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
     if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         raise _fail("seccomp filter")
 

@@ -93,6 +93,8 @@ class Policy:
     #: applies the changes after, except to `protected` paths
     copy_on_write: tuple[str, ...] = ()
     protected: tuple[str, ...] = ()
+    #: False: no UDP (datagram) socket at all, by seccomp, whatever the ABI
+    datagram_sockets: bool = True
 
     def request(self) -> abi.Request:
         granted = frozenset().union(*(g.rights for g in self.paths)) if self.paths else frozenset()

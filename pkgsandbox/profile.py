@@ -55,7 +55,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
 TOP_KEYS = ("profile", "description", "phase", "extends", "compat", "min_abi", "filesystem",
             "network", "scope", "logging", "environment", "capabilities", "unix_sockets",
-            "private_network", "copy_on_write", "protected")
+            "private_network", "copy_on_write", "protected", "datagram_sockets")
 GRANT_KEYS = ("path", "access", "optional")
 NETWORK_KEYS = tuple(abi.NET_RIGHTS)
 LOGGING_KEYS = ("same_exec", "new_exec", "subdomains")
@@ -97,6 +97,7 @@ class Profile:
     capabilities: frozenset[str] | None = None
     unix_sockets: tuple[Grant, ...] | None = None
     private_network: bool = False
+    datagram_sockets: bool = True
     copy_on_write: tuple[Grant, ...] = ()
     protected: tuple[Grant, ...] = ()
     chain: tuple[str, ...] = ()   # files merged, base first
@@ -371,6 +372,9 @@ def _parse(file: str, text: str, default_name: str) -> _Parsed:
         fields["unix_sockets"] = tuple(socks)
     if "private_network" in top:
         fields["private_network"] = doc.boolean(top["private_network"][1], "private_network")
+    if "datagram_sockets" in top:
+        fields["datagram_sockets"] = doc.boolean(top["datagram_sockets"][1],
+                                                 "datagram_sockets")
     for key in ("copy_on_write", "protected"):
         if key in top:
             items = []
@@ -550,11 +554,12 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
     base = dict(phase=None, description="", compat=Compat.BEST_EFFORT, min_abi=0,
                 filesystem=(), ports=(), scopes=frozenset(abi.SCOPES), logging=Logging(),
                 env_allow=(), env_set=(), capabilities=None, unix_sockets=None,
-                private_network=False, copy_on_write=(), protected=(), chain=())
+                private_network=False, datagram_sockets=True, copy_on_write=(), protected=(),
+                chain=())
     explicit: set[str] = set()
     for p in parents:
         for k in ("phase", "description", "compat", "scopes", "logging", "capabilities",
-                  "private_network"):
+                  "private_network", "datagram_sockets"):
             if k in p.explicit:
                 base[k] = getattr(p, k)
         if p.unix_sockets is not None:
@@ -570,7 +575,7 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
         base["chain"] += tuple(c for c in p.chain if c not in base["chain"])
     f = parsed.fields
     for k in ("phase", "description", "compat", "min_abi", "scopes", "capabilities",
-              "private_network"):
+              "private_network", "datagram_sockets"):
         if k in f:
             base[k] = f[k]
             explicit.add(k)
@@ -660,6 +665,7 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
         environment=Environment(allow=profile.env_allow, set=profile.env_set),
         skipped=tuple(skipped), capabilities=profile.capabilities,
         private_network=profile.private_network,
+        datagram_sockets=profile.datagram_sockets,
         copy_on_write=tuple(dict.fromkeys(substitute(g.path, values)
                                           for g in profile.copy_on_write
                                           if all(v in values for v in _VAR.findall(g.path)))),

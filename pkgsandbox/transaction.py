@@ -232,6 +232,7 @@ class Transaction:
             self._warn(prepared.report)
             result = runner.call(download.fetch_all, jobs, ddir,
                                  parallel=self.conf.parallel_downloads, progress=True,
+                                 addresses=download.resolve_hosts(urls),
                                  env=policy.environment.build(dict(os.environ)),
                                  prepared=prepared,
                                  user=user, cwd=ddir, timeout=DOWNLOAD_DEADLINE)

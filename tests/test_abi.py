@@ -232,8 +232,9 @@ SHIPPED = {
     "base": dict(ports=set()),
     "build": dict(ports=set()),
     "chrooted": dict(ports=set()),
-    "download": dict(ports={(80, "connect_tcp"), (443, "connect_tcp"),
-                            (53, "connect_send_udp")}),
+    "download": dict(ports={(80, "connect_tcp"), (443, "connect_tcp")}),
+
+
     "extract": dict(ports=set()),
     "hook": dict(ports=set()),
     "inspect": dict(ports=set()),
@@ -333,8 +334,7 @@ def test_expected_decision_spot_checks():
     d = expected_decision(SHIPPED["download"], 9, Compat.BEST_EFFORT)
     assert d["status"] is Status.PARTIALLY
     assert d["dropped"] == {("net_right", "bind_udp", "kernel ABI 9 < 10"),
-                            ("net_right", "connect_send_udp", "kernel ABI 9 < 10"),
-                            ("port_rule", "connect_send_udp:53", "kernel ABI 9 < 10")}
+                            ("net_right", "connect_send_udp", "kernel ABI 9 < 10")}
     d = expected_decision(SHIPPED["base"], 6, Compat.HARD_REQUIREMENT)
     assert d["dropped"] == {("fs_right", "resolve_unix", "kernel ABI 6 < 9"),
                             ("net_right", "bind_udp", "kernel ABI 6 < 10"),

@@ -25,6 +25,7 @@ import logging
 import os
 import pwd
 import re
+import socket
 import ssl
 import stat
 import threading
@@ -190,9 +191,33 @@ class _Progress:
             pass
 
 
+def resolve_hosts(urls) -> dict[str, list[str]]:
+    """Run by the orchestrator before the download phase: the addresses of every http(s)
+    host in `urls` (IP literals are left out), so the phase itself needs no DNS and therefore
+    no UDP. A name that does not resolve is left out: its jobs fail with a clear error."""
+    import socket
+    out: dict[str, list[str]] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        host = parts.hostname
+        if parts.scheme not in ("http", "https") or not host or host in out:
+            continue
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+            continue
+        except OSError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        out[host] = list(dict.fromkeys(info[4][0] for info in infos))
+    return out
+
+
 def fetch_all(jobs, destdir: str, *, parallel: int = 1, connect_timeout: float = 10,
               stall_timeout: float = 10, ca_file: str | None = None,
-              progress: bool = False) -> list[dict]:
+              progress: bool = False, addresses: dict | None = None) -> list[dict]:
     """Fetch every job into destdir, up to `parallel` at a time; one result dict per job, in
     job order (see Fetched). A per-job failure is reported, never raised; BadInput for bad
     jobs or arguments and SetupError for an unusable download directory are raised before
@@ -212,6 +237,7 @@ def fetch_all(jobs, destdir: str, *, parallel: int = 1, connect_timeout: float =
             raise BadInput(f"{label} must be a positive number of seconds (got {value!r})")
     session = _Session(destdir=destdir, connect_timeout=float(connect_timeout),
                        stall_timeout=float(stall_timeout), ca_file=ca_file)
+    session.addresses = {str(k): [str(a) for a in v] for k, v in (addresses or {}).items()}
     if progress and jobs and os.isatty(2):
         session.progress = _Progress(jobs)
 
@@ -261,6 +287,7 @@ class _Session:
         self._lock = threading.Lock()
         self.dirfd = _open_destdir(destdir) if destdir is not None else -1
         self.progress: _Progress | None = None
+        self.addresses: dict[str, list[str]] = {}
 
     def close(self) -> None:
         if self.dirfd >= 0:
@@ -528,6 +555,19 @@ class _Session:
             http.client.HTTPConnection
         kwargs = {"context": self.tls()} if parts.scheme == "https" else {}
         conn = cls(host, port, timeout=self.connect_timeout, **kwargs)
+        resolved = self.addresses.get(host)
+        if resolved:
+            # Names were resolved before the phase (no DNS, no UDP in here): connect to those
+            # addresses; Host, SNI and certificate checks still use the name.
+            def create_connection(_address, timeout, source_address=None, _ips=resolved):
+                last = None
+                for ip in _ips:
+                    try:
+                        return socket.create_connection((ip, port), timeout, source_address)
+                    except OSError as exc:
+                        last = exc
+                raise last or OSError(errno.EHOSTUNREACH, "no address")
+            conn._create_connection = create_connection
         try:
             # TCP first (HTTPConnection.connect), TLS second: each failure named for its step.
             http.client.HTTPConnection.connect(conn)
