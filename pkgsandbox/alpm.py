@@ -248,10 +248,10 @@ EVENT_TRANSACTION_START = 9
 MAX_SCRIPTLET = 1 << 20
 
 
-def engine(chan, handle, trans, request: dict) -> dict:
+def engine(chan, handle, trans, request: dict, narrow=None) -> dict:
     """Resolve, report the plan, wait for the go, commit. Returns a summary dict."""
     state = {"sequence": [], "index": -1, "progress": None,
-             "depends": list(request.get("depends", []))}
+             "depends": list(request.get("depends", [])), "narrow": narrow}
 
     def on_event(event, _text=""):
         if event in EVENT_TEXT and event != EVENT_TRANSACTION_START:
@@ -260,8 +260,15 @@ def engine(chan, handle, trans, request: dict) -> dict:
             # libalpm's own PreTransaction hook run happened just before (with no hook
             # directory); nothing has changed yet: the parent runs the pre-transaction hooks
             # in their domains and may abort here.
-            chan.send({"type": "pre_hooks", "changes": _changes(local, trans, state)})
+            changes = _changes(local, trans, state)
+            chan.send({"type": "pre_hooks", "changes": changes})
             reply = chan.recv()
+            if reply and reply.get("type") == "continue" and state.get("narrow") is not None:
+                files = [f for c in changes["packages"]
+                         for f in c.get("new_files", []) + c.get("old_files", [])]
+                from . import enforce
+                count = enforce.narrow_to(*state["narrow"], root=handle.root, paths=files)
+                chan.send({"type": "status_quiet", "narrowed": count})
             if not reply or reply.get("type") != "continue":
                 chan.send({"type": "__result__", "value": {"ok": False, "committed": False,
                                                            "aborted": True}})

@@ -253,3 +253,41 @@ def unconfined_warning(report: EnforcementReport) -> str | None:
         return None
     return (f"pkgsandbox: warning: {report.phase} [{report.profile}] partially enforced on "
             f"ABI {report.abi}; not enforced: {', '.join(items)}")
+
+
+def narrow_to(policy: Policy, decision: abi.Downgrade, *, root: str,
+              paths: list[str]) -> int:
+    """In the extract worker, once the transaction's file lists are known: stack a second
+    Landlock domain in which the policy's writable install prefixes under `root` are writable
+    only in the directories the transaction's packages touch (each file's parent directory,
+    or its nearest existing ancestor for a directory still to be created); the prefixes stay
+    readable. Everything else (database, log, cache, keyring copy) is kept as granted.
+    Landlock domains only ever narrow. Returns the number of directories granted."""
+    if not decision.handled_fs:
+        return 0
+    write_rights = frozenset(abi.FS_RIGHTS) - {"read_file", "read_dir", "execute"}
+    root = root.rstrip("/") or "/"
+    needed: set[str] = set()
+    for rel in paths:
+        parent = os.path.dirname(("/" + rel).rstrip("/"))
+        here = os.path.normpath(os.path.join(root, parent.lstrip("/")))
+        while not os.path.isdir(here) and here != root:
+            here = os.path.dirname(here)
+        needed.add(here)
+    grants = []
+    for g in policy.paths:
+        under_root = g.anchor is not None and g.path != root
+        if under_root and g.rights & write_rights:
+            grants.append(replace(g, rights=g.rights - write_rights))
+            for d in sorted(needed):
+                if d == g.path or d.startswith(g.path.rstrip("/") + "/"):
+                    grants.append(replace(g, path=d, rights=g.rights))
+        else:
+            grants.append(g)
+    narrowed = replace(policy, paths=tuple(grants), ports=())
+    fd, _, _ = build_ruleset(narrowed, replace(decision, handled_net=frozenset()))
+    try:
+        landlock.restrict_self(fd, 0)
+    finally:
+        os.close(fd)
+    return len(needed)

@@ -101,6 +101,7 @@ class Transaction:
         self.changes: dict = {}
         self._tempdirs: list[str] = []
         self.protected_refusals = 0
+        self.narrowed = None
         self.hook_errors: list[str] = []
         self._quiet_status = False
 
@@ -514,7 +515,11 @@ class Transaction:
                 w.close()
 
     def _spawn(self, prepared, handle, trans, request):
-        w = runner.worker(alpm.engine, handle, trans, request, prepared=prepared,
+        # Once the file lists are known, the worker narrows its own domain to the
+        # directories this transaction touches (enforce.narrow_to).
+        narrow = (prepared.policy, prepared.decision) if prepared.ruleset_fd is not None \
+            else None
+        w = runner.worker(alpm.engine, handle, trans, request, narrow, prepared=prepared,
                           cwd=self.conf.root, limit=CHANGES_LIMIT, env=self._extract_env)
         self.runs.append(PhaseRun(phase="extract", subject=self.opts.op, report=w.report))
         return w
@@ -525,7 +530,9 @@ class Transaction:
             raise TransactionFailed(f"the extraction phase ended unexpectedly "
                                     f"(status {w.wait()})")
         kind = msg.get("type")
-        if kind == "status":
+        if kind == "status_quiet":
+            self.narrowed = msg.get("narrowed")
+        elif kind == "status":
             if not self._quiet_status:
                 self.out(str(msg.get("text", "")))
         elif kind == "log":
@@ -577,7 +584,7 @@ class Transaction:
                 w.channel.send({"type": "done"})
             elif kind == "__result__":
                 return 0 if (msg.get("value") or {}).get("committed") else 1
-            elif kind not in ("status", "log"):
+            elif kind not in ("status", "log", "status_quiet"):
                 raise TransactionFailed(f"unexpected message from the extraction phase: "
                                         f"{kind!r}")
 

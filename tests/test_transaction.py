@@ -249,3 +249,57 @@ def test_package_files_at_protected_paths_refuse_the_transaction(tmp_path):
     assert not (b.path / "etc/ld.so.preload").exists()
     assert not (b.path / "usr/share/sneaky/ok").exists()
     assert query(b, "-Q").stdout == ""
+
+
+def _narrowed_writes(policy, decision, root, paths):
+    import errno as _errno
+    from pkgsandbox import enforce as _enforce
+    _enforce.narrow_to(policy, decision, root=root, paths=paths)
+    out = {}
+    for rel in ("usr/lib/a/new", "usr/lib/b/new", "usr/share/fresh/dir"):
+        try:
+            if rel.endswith("dir"):
+                os.makedirs(os.path.join(root, rel))
+            else:
+                with open(os.path.join(root, rel), "w") as f:
+                    f.write("x")
+            out[rel] = "ok"
+        except OSError as exc:
+            out[rel] = _errno.errorcode[exc.errno]
+    try:
+        with open(os.path.join(root, "usr/lib/b/old")) as f:
+            out["read b"] = f.read()
+    except OSError as exc:
+        out["read b"] = _errno.errorcode[exc.errno]
+    return out
+
+
+def test_extract_domain_narrows_to_the_transactions_directories(tmp_path):
+    """Least privilege in the extract worker: once the file lists are known, writes are
+    allowed only in the directories the transaction touches (new ones created under their
+    nearest existing ancestor); the rest of the prefixes stays readable, not writable."""
+    from pkgsandbox import enforce, profile, runner
+    from pkgsandbox.repobuild import make_root
+    root = make_root(tmp_path / "root")
+    for d in ("usr/lib/a", "usr/lib/b", "var/cache/pacman/pkg"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "usr/lib/b/old").write_text("old")
+    (root / "var/log/pacman.log").write_text("")
+    policy = profile.resolve(profile.Library(include_system=False).load("extract"), {
+        "root": str(root), "dbpath": str(root / "var/lib/pacman"),
+        "cachedir": str(root / "var/cache/pacman/pkg"), "logfile": str(root / "var/log/pacman.log"),
+        "gpgdir": "/nonexistent/gnupg"})
+    with enforce.prepare(policy) as prepared:
+        res = runner.call(_narrowed_writes, policy, prepared.decision, str(root),
+                          ["usr/lib/a/x", "usr/share/fresh/"], prepared=prepared).value
+    assert res["usr/lib/a/new"] == "ok"                 # a directory the transaction touches
+    assert res["usr/share/fresh/dir"] == "ok"           # created under its nearest ancestor
+    assert res["usr/lib/b/new"] == "EACCES"             # inside the prefix, not touched: refused
+    assert res["read b"] == "old"                       # still readable
+    # Without the narrowing, the same write into usr/lib/b is allowed (the test can fail).
+    def plain(path):
+        with open(path, "w") as f:
+            f.write("x")
+        return "ok"
+    with enforce.prepare(policy) as prepared:
+        assert runner.call(plain, str(root / "usr/lib/b/new2"), prepared=prepared).value == "ok"
