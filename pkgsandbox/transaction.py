@@ -453,11 +453,15 @@ class Transaction:
             status = self._commit(handle, trans)
             return status
         finally:
-            if status != 0:
-                # the phase ran, but the transaction did not complete: say so in the report
-                for i in range(first, len(self.runs)):
-                    if self.runs[i].phase == "extract" and self.runs[i].status == "ok":
-                        self.runs[i] = replace(self.runs[i], status="transaction failed")
+            for i in range(first, len(self.runs)):
+                if self.runs[i].phase != "extract" or self.runs[i].status != "ok":
+                    continue
+                if status != 0:
+                    # the phase ran, but the transaction did not complete: say so
+                    self.runs[i] = replace(self.runs[i], status="transaction failed")
+                elif self.narrowed is not None:
+                    self.runs[i] = replace(self.runs[i], status=f"ok, writes narrowed to "
+                                                                f"{self.narrowed} directories")
             import shutil
             for d in self._tempdirs:
                 shutil.rmtree(d, ignore_errors=True)
