@@ -303,3 +303,27 @@ def test_extract_domain_narrows_to_the_transactions_directories(tmp_path):
         return "ok"
     with enforce.prepare(policy) as prepared:
         assert runner.call(plain, str(root / "usr/lib/b/new2"), prepared=prepared).value == "ok"
+
+
+def test_abort_on_fail_pre_hook_aborts_before_any_change(twins):
+    """A failing PreTransaction hook with AbortOnFail aborts like libalpm: nothing installed,
+    no PostTransaction hook run; the same as stock pacman on the twin root."""
+    a, b = twins
+    for root in (a, b):
+        hooks = root.path / "usr/share/libalpm/hooks"
+        hooks.mkdir(parents=True)
+        (hooks / "10-gate.hook").write_text(
+            "[Trigger]\nOperation = Install\nType = Package\nTarget = hello\n\n[Action]\n"
+            "When = PreTransaction\nExec = /bin/sh -c 'echo gate >> /var/log/hooks; exit 1'\n"
+            "AbortOnFail\n")
+        (hooks / "20-after.hook").write_text(
+            "[Trigger]\nOperation = Install\nType = Package\nTarget = *\n\n[Action]\n"
+            "When = PostTransaction\nExec = /bin/sh -c 'echo after >> /var/log/hooks'\n")
+    ra = stock(a, "-Sy", "hello", check=False)
+    rb = sandboxed(b, "-Sy", "hello", check=False)
+    assert ra.returncode == rb.returncode == 1
+    assert "failed to run transaction hooks" in rb.stderr
+    for root in (a, b):
+        assert (root.path / "var/log/hooks").read_text() == "gate\n"
+        assert query(root, "-Q").stdout == ""
+        assert not (root.path / "usr/bin/hello").exists()
