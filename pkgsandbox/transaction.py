@@ -176,16 +176,8 @@ class Transaction:
     # -- download phase ---------------------------------------------------------------------
 
     def _download_user(self) -> runner.User | None:
-        name = self.conf.download_user
-        if not name or os.geteuid() != 0:
-            return None
-        try:
-            return runner.User.lookup(name)
-        except SetupError:
-            raise SetupError(
-                f"DownloadUser '{name}' (in {self.conf.file}) does not exist: create it "
-                f"(useradd --system --no-create-home {name}) or remove DownloadUser; "
-                f"pkgsandbox never falls back to downloading as root") from None
+        from .phases import xfer
+        return xfer.download_user(self.conf, self.conf.file)
 
     def _download_dir(self, user: runner.User | None) -> str:
         cachedir = self.conf.cachedir
