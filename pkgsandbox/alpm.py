@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import subprocess
 import warnings
 
@@ -147,10 +146,6 @@ def disable_libalpm_hooks(handle) -> None:
     pointer = _raw_handle(handle)
     if lib.alpm_option_set_hookdirs(pointer, None) != 0 or lib.alpm_option_get_hookdirs(pointer):
         raise SetupError("could not disable libalpm's own hook runs")
-
-
-def hookdirs_disabled(handle) -> bool:
-    return not _lib().alpm_option_get_hookdirs(_raw_handle(handle))
 
 
 def open_handle(conf: pacmanconf.PacmanConf):
@@ -303,11 +298,8 @@ def engine(chan, handle, trans, request: dict, narrow=None) -> dict:
     handle.eventcb = on_event
     handle.logcb = on_log
     handle.progresscb = on_progress
-    op = request["op"]
     local = handle.get_localdb()
-    targets_ok = _add_targets(handle, trans, local, request)
-    if not targets_ok:
-        return {"ok": False}
+    _add_targets(handle, trans, local, request)
     try:
         trans.prepare()
     except pyalpm.error as exc:
@@ -410,7 +402,7 @@ def _wait(chan, kind: str) -> None:
         raise TransactionError("the parent ended the transaction")
 
 
-def _add_targets(handle, trans, local, request) -> bool:
+def _add_targets(handle, trans, local, request) -> None:
     op = request["op"]
     missing = []
     try:
@@ -447,7 +439,6 @@ def _add_targets(handle, trans, local, request) -> bool:
         raise TransactionError(_alpm_message(exc)) from None
     if missing:
         raise TransactionError("\n".join(f"target not found: {m}" for m in missing))
-    return True
 
 
 def _find_sync(syncdbs, target: str):
@@ -521,6 +512,3 @@ def _format_detail(item) -> str:
 
 def vercmp(a: str, b: str) -> int:
     return pyalpm.vercmp(a, b)
-
-
-_FUNCTION = re.compile(r"^\s*([a-z_]+)\s*\(\s*\)", re.M)

@@ -125,11 +125,6 @@ def seccomp_supported() -> bool:
     return platform.machine() in _ARCH
 
 
-def deny_unix_sockets() -> None:
-    """socket(AF_UNIX, ...) fails with EACCES (see socket_filter)."""
-    socket_filter(unix=True, datagrams=False)
-
-
 def socket_filter(*, unix: bool, datagrams: bool) -> None:
     """Install a seccomp filter on socket(2): with `unix`, AF_UNIX sockets fail with EACCES
     (no pathname or abstract UNIX socket can be reached: systemd, D-Bus, udev); with

@@ -299,10 +299,6 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
     return CallResult(value=payload["ok"], report=prepared.report)
 
 
-def default_user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
 _ERRORS = {name: obj for name, obj in vars(_errors_mod).items()
            if isinstance(obj, type) and issubclass(obj, PkgsandboxError)}
 

@@ -36,12 +36,10 @@ created it and nothing was written), and the download child.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import re
-import signal
 import socket
 import stat
 from dataclasses import replace
