@@ -103,6 +103,7 @@ class Transaction:
         self.protected_refusals = 0
         self.narrowed = None
         self.hook_errors: list[str] = []
+        self._pre_hooks = None
         self._quiet_status = False
 
     # -- setup -------------------------------------------------------------------------------
@@ -464,7 +465,7 @@ class Transaction:
         policy = self._extract_policy(self._keyring_copy(handle))
         self._extract_env = policy.environment.build(dict(os.environ))
         self._extract_protected = policy.protected
-        pre_hooks = self._hooks("PreTransaction")
+        pre_hooks = self._pre_hooks = self._hooks("PreTransaction")
         request = {"op": o.op, "targets": list(o.targets), "sysupgrade": o.sysupgrade,
                    "noscriptlet": o.noscriptlet,
                    "depends": sorted({d for h in pre_hooks for d in h.depends})}
@@ -719,7 +720,10 @@ class Transaction:
         own domain. Returns False when a PreTransaction hook asks for the abort."""
         from . import hooks
         from .phases import hook as hookphase
-        candidates = self._hooks(when)
+        # PreTransaction hooks were read when the transaction started (nothing has changed
+        # since); PostTransaction hooks are read again: the transaction may have added some.
+        candidates = self._pre_hooks if when == "PreTransaction" and \
+            self._pre_hooks is not None else self._hooks(when)
         if when == "PreTransaction" and getattr(self, "hook_errors", None):
             return False
         pkgs = tuple(hooks.Change(name=c["name"], op=c["op"],
