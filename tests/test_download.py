@@ -9,7 +9,6 @@ Nothing here restricts the pytest process; every server listens on 127.0.0.1.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from pkgsandbox.errors import BadInput, SetupError
 from pkgsandbox.phases import download
 from pkgsandbox.phases.download import Job, fetch_all, ports_for
 from pkgsandbox.policy import PathGrant
-from tests.support.mirror import Fault, Mirror, down_url, free_port
+from tests.support.mirror import Fault, Mirror, down_url, fill, free_port
 
 KERNEL = landlock.probe()
 MTIME = 1_700_000_000            # every mirror file's mtime: its Last-Modified
@@ -40,29 +39,13 @@ needs_net_rules = pytest.mark.skipif(
     KERNEL.abi < 4, reason=f"Landlock TCP rules need ABI 4 (kernel: {KERNEL.abi}, {KERNEL.state})")
 
 
-def content(name: str, size: int) -> bytes:
-    """Deterministic bytes for a mirror file."""
-    seed = hashlib.sha256(name.encode()).digest()
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        counter += 1
-    return bytes(out[:size])
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """The mirror's directory: name -> bytes."""
     root = tmp_path_factory.mktemp("repo")
     files = dict(SIZES, **{n: 20_000 + i for i, n in enumerate(PARALLEL_FILES)})
-    out = {}
-    for name, size in files.items():
-        data = content(name, size)
-        (root / name).write_bytes(data)
-        os.utime(root / name, (MTIME, MTIME))
-        out[name] = data
-    return root, out
+    return root, fill(root, files, MTIME)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ never deleted.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from pkgsandbox.errors import BadInput, RequirementError, SetupError
 from pkgsandbox.phases import xfer
 from pkgsandbox.phases.download import Job, fetch_into
 from pkgsandbox.repobuild import PkgFile, PkgSpec, build_repo
-from tests.support.mirror import Fault, Mirror, down_url
+from tests.support.mirror import Fault, Mirror, down_url, fill
 from tests.support.twin import new_root, query, stock
 
 KERNEL = landlock.probe()
@@ -56,26 +55,11 @@ needs_pacman = pytest.mark.skipif(shutil.which("pacman") is None or not ENTRY_PO
                                   reason="needs stock pacman and the pkgsandbox entry point")
 
 
-def content(name: str, size: int) -> bytes:
-    seed = hashlib.sha256(name.encode()).digest()
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        counter += 1
-    return bytes(out[:size])
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
-    out = {}
-    for name, size in SIZES.items():
-        data = content(name, size)
-        (root / name).write_bytes(data)
-        os.utime(root / name, (MTIME, MTIME))
-        out[name] = data
-    return root, out
+    return root, fill(root, SIZES, MTIME)
 
 
 @pytest.fixture

@@ -7,32 +7,14 @@ its twin, then compares the installed trees (paths, modes, contents), `pacman -Q
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from pkgsandbox.repobuild import PkgFile, PkgSpec, build_repo
-from tests.support.twin import (ALL_FUNCTIONS, assert_twins, new_root, query, recorder,
-                                sandboxed, stock)
+from tests.support.twin import (assert_twins, base_specs, new_root, query, sandboxed,
+                                stock)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="transactions need root")
-
-
-def base_specs(version="1.0-1", conf_text=b"a=1\n"):
-    return [
-        PkgSpec(name="libfoo", version=version,
-                files=(PkgFile(path="usr/lib/libfoo.so", content=b"libfoo " + version.encode()),
-                       PkgFile(path="etc/foo.conf", content=conf_text)),
-                backup=("etc/foo.conf",), install=recorder(*ALL_FUNCTIONS)),
-        PkgSpec(name="hello", version=version, depends=("libfoo",),
-                files=(PkgFile(path="usr/bin/hello", content=b"#!/bin/sh\necho hello\n",
-                               mode=0o755),
-                       PkgFile(path="usr/share/hello/doc", content=b"doc " + version.encode()),
-                       PkgFile(path="usr/share/hello/link", symlink="doc")),
-                install=recorder(*ALL_FUNCTIONS)),
-        PkgSpec(name="quiet", version=version,
-                files=(PkgFile(path="usr/share/quiet/data", content=b"q"),)),
-    ]
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ import pytest
 from pkgsandbox import landlock
 from pkgsandbox.repobuild import PkgFile, PkgSpec, build_repo
 from tests.support.mirror import Fault, Mirror, down_url
-from tests.support.twin import (ALL_FUNCTIONS, Root, assert_twins, new_root, query, recorder,
-                                sandboxed, stock, tree)
+from tests.support.twin import (Root, assert_twins, base_specs, new_root, query, sandboxed,
+                                stock, tree)
 
 KERNEL = landlock.probe()
 
@@ -48,20 +48,7 @@ ERROR_LINE = re.compile(r"^(pkgsandbox: )?(error|warning): \S")
 
 
 def specs(version="1.0-1"):
-    return [
-        PkgSpec(name="libfoo", version=version,
-                files=(PkgFile(path="usr/lib/libfoo.so", content=b"libfoo " + version.encode()),
-                       PkgFile(path="etc/foo.conf", content=b"a=1\n")),
-                backup=("etc/foo.conf",), install=recorder(*ALL_FUNCTIONS)),
-        PkgSpec(name="hello", version=version, depends=("libfoo",),
-                files=(PkgFile(path="usr/bin/hello", content=b"#!/bin/sh\necho hello\n",
-                               mode=0o755),
-                       PkgFile(path="usr/share/hello/doc", content=b"doc " + version.encode()),
-                       PkgFile(path="usr/share/hello/link", symlink="doc")),
-                install=recorder(*ALL_FUNCTIONS)),
-        PkgSpec(name="quiet", version=version,
-                files=(PkgFile(path="usr/share/quiet/data", content=b"q"),)),
-    ]
+    return base_specs(version)
 
 
 def sha256(path: Path) -> str:

@@ -507,3 +507,27 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     if start >= size or end <= start:
         return None
     return start, min(end, size)
+
+
+def content(name: str, size: int) -> bytes:
+    """Deterministic bytes for a mirror file (the same name and size give the same bytes)."""
+    import hashlib
+    seed = hashlib.sha256(name.encode()).digest()
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def fill(root, sizes: dict[str, int], mtime: float) -> dict[str, bytes]:
+    """Write each named file of the given size into root with that mtime (its Last-Modified);
+    returns name -> bytes."""
+    out = {}
+    for name, size in sizes.items():
+        data = content(name, size)
+        (root / name).write_bytes(data)
+        os.utime(root / name, (mtime, mtime))
+        out[name] = data
+    return out

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pkgsandbox.repobuild import make_root
+from pkgsandbox.repobuild import PkgFile, PkgSpec, make_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,3 +157,22 @@ def copy_root(src: Root, base: Path, name: str) -> Root:
     conf = base / f"{name}.conf"
     shutil.copy(src.conf, conf)
     return Root(path=dest, conf=conf)
+
+
+def base_specs(version: str = "1.0-1", conf_text: bytes = b"a=1\n") -> list[PkgSpec]:
+    """The small repository most transaction tests use: a library with a backup file, a
+    program depending on it (both with every scriptlet function recorded), a quiet one."""
+    return [
+        PkgSpec(name="libfoo", version=version,
+                files=(PkgFile(path="usr/lib/libfoo.so", content=b"libfoo " + version.encode()),
+                       PkgFile(path="etc/foo.conf", content=conf_text)),
+                backup=("etc/foo.conf",), install=recorder(*ALL_FUNCTIONS)),
+        PkgSpec(name="hello", version=version, depends=("libfoo",),
+                files=(PkgFile(path="usr/bin/hello", content=b"#!/bin/sh\necho hello\n",
+                               mode=0o755),
+                       PkgFile(path="usr/share/hello/doc", content=b"doc " + version.encode()),
+                       PkgFile(path="usr/share/hello/link", symlink="doc")),
+                install=recorder(*ALL_FUNCTIONS)),
+        PkgSpec(name="quiet", version=version,
+                files=(PkgFile(path="usr/share/quiet/data", content=b"q"),)),
+    ]
