@@ -263,7 +263,7 @@ def engine(chan, handle, trans, request: dict, narrow=None) -> dict:
                          for f in c.get("new_files", []) + c.get("old_files", [])]
                 from . import enforce
                 count = enforce.narrow_to(*state["narrow"], root=handle.root, paths=files)
-                chan.send({"type": "status_quiet", "narrowed": count})
+                chan.send({"type": "narrowed", "directories": count})
             if not reply or reply.get("type") != "continue":
                 chan.send({"type": "__result__", "value": {"ok": False, "committed": False,
                                                            "aborted": True}})

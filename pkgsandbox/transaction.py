@@ -527,8 +527,8 @@ class Transaction:
             raise TransactionFailed(f"the extraction phase ended unexpectedly "
                                     f"(status {w.wait()})")
         kind = msg.get("type")
-        if kind == "status_quiet":
-            self.narrowed = msg.get("narrowed")
+        if kind == "narrowed":
+            self.narrowed = msg.get("directories")
         elif kind == "status":
             if not self._quiet_status:
                 self.out(str(msg.get("text", "")))
@@ -581,7 +581,7 @@ class Transaction:
                 w.channel.send({"type": "done"})
             elif kind == "__result__":
                 return 0 if (msg.get("value") or {}).get("committed") else 1
-            elif kind not in ("status", "log", "status_quiet"):
+            elif kind not in ("status", "log", "narrowed"):
                 raise TransactionFailed(f"unexpected message from the extraction phase: "
                                         f"{kind!r}")
 
