@@ -2,8 +2,9 @@
 
 prepare() does the costly part once, in the unconfined orchestrator: decide with
 abi.downgrade(), create the ruleset, open each granted path and add its rule. The result can be
-entered by any number of children: enter() is only prctl + landlock_restrict_self. The ruleset
-descriptor is close-on-exec, so no sandboxed program inherits it.
+entered by any number of children: Prepared.layers() is what pkgsandbox._native needs to apply
+every layer with system calls only (runner.py). The ruleset descriptor is close-on-exec, so no
+sandboxed program inherits it.
 """
 from __future__ import annotations
 
@@ -33,6 +34,28 @@ class Prepared:
     deny_unix: bool = False
     deny_datagrams: bool = False
     policy: Policy | None = None
+    #: copy-on-write overlays as detached mounts: ((mount fd, target path), ...); the rules
+    #: on paths under a target were made on the overlay's inodes; the child attaches them
+    mounts: tuple[tuple[int, str], ...] = ()
+    _layers: dict | None = None
+
+    def layers(self) -> dict:
+        """The child's layer arguments for pkgsandbox._native (spawn/apply), computed once."""
+        if self._layers is None:
+            seccomp = None
+            if self.deny_unix or self.deny_datagrams:
+                seccomp = hardening.socket_filter_program(unix=self.deny_unix,
+                                                          datagrams=self.deny_datagrams)
+            self._layers = {
+                "netns": self.private_network,
+                "limit_caps": self.capabilities is not None,
+                "caps_keep": hardening.capability_mask(self.capabilities or frozenset()),
+                "last_cap": hardening.last_cap(),
+                "seccomp": seccomp,
+                "ruleset_fd": -1 if self.ruleset_fd is None else self.ruleset_fd,
+                "restrict_flags": self.flags,
+            }
+        return self._layers
 
     def close(self) -> None:
         if self.ruleset_fd is not None:
@@ -122,11 +145,12 @@ def layers_for(policy: Policy, decision: abi.Downgrade, *, as_root: bool
     return plan, tuple(out)
 
 
-def build_ruleset(policy: Policy, decision: abi.Downgrade) -> tuple[int, int, list[str]]:
+def build_ruleset(policy: Policy, decision: abi.Downgrade,
+                  mounts: tuple[tuple[int, str], ...] = ()) -> tuple[int, int, list[str]]:
     """Create the ruleset and add every rule: (fd, rules added, grants skipped and why).
-    Called in the parent; again in the child when the phase has copy-on-write overlays
-    (Landlock ignores rules on a directory a mount hides, so those rules must be made on the
-    overlay's own inodes, after it is mounted)."""
+    `mounts`: copy-on-write overlays, detached ((fd, target), ...): a grant on a path under a
+    target is opened through the overlay's descriptor, because Landlock ignores rules on a
+    directory a mount hides; the rule must be on the overlay's own inodes."""
     fd = None
     try:
         fd = landlock.create_ruleset(
@@ -139,7 +163,11 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade) -> tuple[int, int, li
         if decision.handled_fs:
             for grant in policy.paths:
                 try:
-                    if grant.anchor:
+                    through = _mount_for(grant.path, mounts)
+                    if through:
+                        path_fd = safepath.open_below(through[0], through[1],
+                                                      nofollow=bool(grant.anchor))
+                    elif grant.anchor:
                         path_fd = safepath.open_beneath(grant.anchor, grant.path)
                     else:
                         path_fd = os.open(grant.path, os.O_PATH | os.O_CLOEXEC)
@@ -176,11 +204,22 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade) -> tuple[int, int, li
     return fd, rules, refused
 
 
+def _mount_for(path: str, mounts) -> tuple[int, str] | None:
+    """(overlay fd, path relative to its target) when `path` lies in a copy-on-write target."""
+    for fd, target in mounts:
+        if path == target:
+            return fd, "."
+        if path.startswith(target.rstrip("/") + "/"):
+            return fd, path[len(target.rstrip("/")) + 1:]
+    return None
+
+
 def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = None,
-            kernel: landlock.KernelSupport | None = None, as_root: bool | None = None
-            ) -> Prepared:
+            kernel: landlock.KernelSupport | None = None, as_root: bool | None = None,
+            mounts: tuple[tuple[int, str], ...] = ()) -> Prepared:
     """Decide and build the ruleset. Raises RequirementError when the policy may not run.
-    `as_root`: whether the sandboxed process will be root (default: this process's euid)."""
+    `as_root`: whether the sandboxed process will be root (default: this process's euid).
+    `mounts`: the phase's copy-on-write overlays (phases/cow.py), which the child attaches."""
     kernel = kernel or landlock.probe()
     decision = decide(policy, kernel=kernel, cap=cap, compat=compat)
     if as_root is None:
@@ -204,40 +243,13 @@ def prepare(policy: Policy, *, cap: int | None = None, compat: Compat | None = N
                                profile=policy.name, abi=decision.abi)
     if not decision.restrict:
         return Prepared(decision=decision, report=report, ruleset_fd=None, flags=0,
-                        policy=policy, **plan)
-    fd, rules, refused = build_ruleset(policy, decision)
+                        policy=policy, mounts=mounts, **plan)
+    fd, rules, refused = build_ruleset(policy, decision, mounts)
     if refused:
         report = replace(report, skipped_paths=report.skipped_paths + tuple(refused))
     return Prepared(decision=decision, report=replace(report, rules=rules), ruleset_fd=fd,
-                    flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags), policy=policy, **plan)
-
-
-def rebuild_in_child(prepared: Prepared) -> None:
-    """In the child, after its mounts changed (copy-on-write overlays): build the ruleset
-    again so rules land on the inodes this child will see."""
-    if prepared.ruleset_fd is None or prepared.policy is None:
-        return
-    fd, _, _ = build_ruleset(prepared.policy, prepared.decision)
-    prepared.ruleset_fd = fd
-
-
-def before_chroot(prepared: Prepared) -> None:
-    """In the child, first (it needs CAP_SYS_ADMIN): the private network namespace."""
-    if prepared.private_network:
-        hardening.private_network()
-
-
-def enter(prepared: Prepared) -> None:
-    """In the child, last before exec: capabilities, no_new_privs, the seccomp filter, then the
-    Landlock domain. No logging here."""
-    if prepared.capabilities is not None and os.geteuid() == 0:
-        hardening.limit_capabilities(prepared.capabilities)
-    landlock.set_no_new_privs()
-    if prepared.deny_unix or prepared.deny_datagrams:
-        hardening.socket_filter(unix=prepared.deny_unix, datagrams=prepared.deny_datagrams)
-    if prepared.ruleset_fd is None:
-        return
-    landlock.restrict_self(prepared.ruleset_fd, prepared.flags)
+                    flags=abi.mask(abi.RESTRICT_FLAGS, decision.flags), policy=policy,
+                    mounts=mounts, **plan)
 
 
 def unconfined_warning(report: EnforcementReport) -> str | None:

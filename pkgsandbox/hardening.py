@@ -2,22 +2,21 @@
 sets, a private network namespace, and a seccomp filter that refuses new AF_UNIX sockets where
 Landlock cannot confine pathname UNIX sockets (ABI < 9).
 
-The only module that makes capability, namespace and seccomp system calls (ctypes). It decides
-nothing: enforce.py tells it what to apply, in the child, before landlock_restrict_self.
+Pure data for the C side: this module builds the capability mask and the seccomp program;
+pkgsandbox/_native.c makes the system calls, in the child, before landlock_restrict_self.
+Reading the bounding set (doctor) is the only call made here.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import errno
-import os
 import platform
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl
 _prctl.restype = ctypes.c_int
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 #: Linux capability numbers (linux/capability.h), by their names without CAP_.
 CAPABILITIES: dict[str, int] = {
@@ -32,30 +31,9 @@ CAPABILITIES: dict[str, int] = {
 }
 
 PR_CAPBSET_READ = 23
-PR_CAPBSET_DROP = 24
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-_CAP_VERSION_3 = 0x20080522
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
-def _fail(what: str) -> OSError:
-    err = ctypes.get_errno()
-    return OSError(err, f"{what}: {os.strerror(err)}")
-
-
+@functools.lru_cache(maxsize=None)
 def last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
@@ -68,34 +46,11 @@ def bounding_set() -> set[int]:
     return {c for c in range(last_cap() + 1) if _prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1}
 
 
-def limit_capabilities(keep: frozenset[str]) -> None:
-    """Drop every capability not in `keep` from the bounding set (so no exec can regain it),
-    then from the effective, permitted and inheritable sets; clear the ambient set."""
-    keep_numbers = {CAPABILITIES[name] for name in keep}
-    for cap in range(last_cap() + 1):
-        if cap not in keep_numbers and _prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
-            if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                raise _fail(f"drop capability {cap} from the bounding set")
-    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = _CapHeader(_CAP_VERSION_3, 0)
-    data = (_CapData * 2)()
-    if _libc.capget(ctypes.byref(header), data) != 0:
-        raise _fail("capget")
-    low = sum(1 << c for c in keep_numbers if c < 32)
-    high = sum(1 << (c - 32) for c in keep_numbers if c >= 32)
-    for i, mask in ((0, low), (1, high)):
-        data[i].effective &= mask
-        data[i].permitted &= mask
-        data[i].inheritable &= mask
-    if _libc.capset(ctypes.byref(header), data) != 0:
-        raise _fail("capset")
-
-
-def private_network() -> None:
-    """A new network namespace: only a loopback interface, down. No TCP, UDP, raw socket or
-    abstract UNIX socket reaches the host's."""
-    if _libc.unshare(CLONE_NEWNET) != 0:
-        raise _fail("unshare(CLONE_NEWNET)")
+def capability_mask(keep: frozenset[str]) -> int:
+    """The capabilities to keep, as a 64-bit mask (bit N = capability N). The child drops
+    every other one from the bounding set (so no exec can regain it), then from the
+    effective, permitted and inheritable sets, and clears the ambient set (_native.c)."""
+    return sum(1 << CAPABILITIES[name] for name in keep)
 
 
 # --- seccomp: refuse socket(AF_UNIX, ...) -------------------------------------------------
@@ -117,20 +72,16 @@ BPF_JGE_K = 0x35
 BPF_RET_K = 0x06
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
 def seccomp_supported() -> bool:
     return platform.machine() in _ARCH
 
 
-def socket_filter(*, unix: bool, datagrams: bool) -> None:
-    """Install a seccomp filter on socket(2): with `unix`, AF_UNIX sockets fail with EACCES
+def socket_filter_program(*, unix: bool, datagrams: bool) -> bytes:
+    """The seccomp program (BPF, as bytes) of a filter on socket(2): with `unix`, AF_UNIX sockets fail with EACCES
     (no pathname or abstract UNIX socket can be reached: systemd, D-Bus, udev); with
     `datagrams`, AF_INET/AF_INET6 datagram sockets fail with EACCES (no UDP at all, whatever
     the Landlock ABI). Every other call is allowed; a foreign architecture's calls are killed.
-    Needs no_new_privs first."""
+    Installed by the child after no_new_privs (_native.c)."""
     arch = platform.machine()
     if arch not in _ARCH:
         raise OSError(errno.ENOTSUP, f"seccomp filter not available on {arch}")
@@ -170,31 +121,13 @@ def socket_filter(*, unix: bool, datagrams: bool) -> None:
             deny,
         ]
     program.append(allow)
-    code = b"".join(program)
-    buf = ctypes.create_string_buffer(code)
-    prog = _SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        raise _fail("seccomp filter")
+    return b"".join(program)
 
 
 # --- copy-on-write directories (an overlay in a private mount namespace) --------------------
 
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
-
-
-def overlay(target: str, upper: str, work: str) -> None:
-    """In the child, as root: a private mount namespace, then `target` shadowed by an overlay
-    whose writes land in `upper` (the parent reviews and applies them after the phase)."""
-    for p in (target, upper, work):
+def overlay_options_ok(*paths: str) -> None:
+    """Overlayfs splits its options on these characters: refuse paths that contain them."""
+    for p in paths:
         if any(c in p for c in ",:\\\n"):
             raise OSError(errno.EINVAL, f"unusable path for an overlay: {p!r}")
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        raise _fail("unshare(CLONE_NEWNS)")
-    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        raise _fail("make mounts private")
-    options = f"lowerdir={target},upperdir={upper},workdir={work}".encode()
-    if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options) != 0:
-        raise _fail(f"overlay on {target}")

@@ -1,25 +1,31 @@
 """The only module that starts sandboxed processes.
 
-run() forks, and in the child (before exec): new session (so a timeout kills the whole process
-group), optional chroot and working directory, optional switch to an unprivileged user
-(groups, gid, uid, in that order, then verified), no_new_privs, the Landlock domain; then exec
-with an allow-listed environment and no inherited descriptors beyond stdio and those passed on
-purpose. call() does the same for a Python function, whose result comes back through a pipe.
+run() starts a program through pkgsandbox._native.spawn (vfork; in the child, system calls
+only): new session (so a timeout kills the whole process group), private network namespace,
+copy-on-write overlays, optional chroot and working directory, optional switch to an
+unprivileged user (groups, gid, uid, in that order, then verified), capabilities,
+no_new_privs, the seccomp filter, the Landlock domain; then exec with an allow-listed
+environment and no inherited descriptors beyond stdio and those passed on purpose. call() and
+worker() fork this process and apply the same layers, by the same C code (_native.apply), to
+run a Python function, whose result comes back as JSON.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import logging
 import os
-import ctypes
-import json
 import pwd
 import select
+import selectors
 import signal
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
 
-from . import enforce, hardening
+from . import enforce
 from .errors import (EXIT_SETUP, ExecError, NotFound, PkgsandboxError, SetupError,
                      TimeoutExpired)
 from . import errors as _errors_mod
@@ -60,118 +66,241 @@ class Result:
         return 128 - self.returncode if self.returncode < 0 else self.returncode
 
 
-def _child_setup(prepared: enforce.Prepared, *, chroot: str | None, cwd: str | None,
-                 user: User | None, umask: int | None, errpipe: int,
-                 overlays: tuple[tuple[str, str, str], ...] = ()):
-    """Runs in the forked child before exec. Any failure is written to errpipe, then raised."""
-    def setup():
-        step = "start"
-        try:
-            step = "create a private network namespace"
-            enforce.before_chroot(prepared)
-            for target, upper, work in overlays:
-                step = f"copy-on-write overlay on {target}"
-                hardening.overlay(target, upper, work)
-            if overlays:
-                step = "build the Landlock rules on the overlays"
-                enforce.rebuild_in_child(prepared)
-            if chroot:
-                step = f"chroot {chroot}"
-                os.chroot(chroot)
-                os.chdir("/")
-            if cwd:
-                step = f"chdir {cwd}"
-                os.chdir(cwd)
-            if umask is not None:
-                os.umask(umask)
-            if user is not None:
-                step = f"switch to user {user.name}"
-                os.setgroups(list(user.groups))
-                os.setresgid(user.gid, user.gid, user.gid)
-                os.setresuid(user.uid, user.uid, user.uid)
-                if (os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3
-                        or sorted(set(os.getgroups())) != sorted(set(user.groups))):
-                    raise OSError(1, "identity not as requested after the switch")
-                if user.uid != 0:
-                    try:
-                        os.setuid(0)
-                    except PermissionError:
-                        pass
-                    else:
-                        raise OSError(1, "root could be regained after the switch")
-            step = "enter the Landlock domain"
-            enforce.enter(prepared)
-        except OSError as exc:
-            os.write(errpipe, f"{step}: {exc.strerror or exc}".encode()[:4000])
-            raise
-    return setup
+def _native_module():
+    try:
+        from . import _native
+    except ImportError as exc:  # an installation without the compiled part
+        raise SetupError(f"pkgsandbox's native part is missing ({exc}); reinstall pkgsandbox "
+                         f"(pip install . builds pkgsandbox/_native.c)") from None
+    return _native
+
+
+def _user_arg(user: User | None):
+    return None if user is None else (user.uid, user.gid, tuple(user.groups))
+
+
+def _enter_here(prepared: enforce.Prepared, *, chroot: str | None, cwd: str | None,
+                user: User | None) -> None:
+    """In a forked worker: every layer, by the same C code a spawned program gets."""
+    _native_module().apply(chroot=_b(chroot), cwd=_b(cwd), user=_user_arg(user),
+                           **prepared.layers())
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _executables(argv0: str, env: dict[str, str]) -> list[bytes]:
+    """Where exec looks for argv[0]: as given when it has a slash, else along env's PATH
+    (resolved in the child, after its chroot)."""
+    if "/" in argv0:
+        return [os.fsencode(argv0)]
+    return [os.fsencode(os.path.join(d, argv0)) for d in os.get_exec_path(env)]
+
+
+def _environment(env: dict[str, str]) -> list[bytes]:
+    out = []
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise ExecError(f"unusable environment variable {k!r}")
+        out.append(os.fsencode(k) + b"=" + os.fsencode(v))
+    return out
 
 
 def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
         cwd: str | None = None, chroot: str | None = None, user: User | None = None,
         umask: int | None = None, timeout: float | None = None, capture: bool = False,
         stdin=None, input: bytes | None = None, pass_fds: tuple[int, ...] = (),
-        merge_stderr: bool = False,
-        overlays: tuple[tuple[str, str, str], ...] = ()) -> Result:
-    """Run argv (no shell, no PATH lookup beyond the given env's PATH) in the prepared domain."""
+        merge_stderr: bool = False) -> Result:
+    """Run argv (no shell, no PATH lookup beyond the given env's PATH) in the prepared domain.
+
+    The child is started with vfork and enters every layer through pkgsandbox._native before
+    exec, so no Python runs in it and the cost does not grow with this process's size.
+    stdin: None (inherited), subprocess.DEVNULL, a descriptor or a file; `input` feeds a pipe.
+    """
     if not argv:
         raise ExecError("no command given")
+    if any("\0" in a for a in argv):
+        raise ExecError("a command argument contains a NUL byte")
+    native = _native_module()
     start = time.monotonic()
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    executables = _executables(argv[0], env)
+    if not executables:
+        raise NotFound(f"{argv[0]}: command not found")
+    envp = _environment(env)
+    child_ends: list[int] = []
+    mine: list[int] = []
+    stdio = [-1, -1, -1]
+    feed = out_r = err_r = None
     try:
+        if input is not None:
+            r, feed = os.pipe2(os.O_CLOEXEC)
+            child_ends.append(r)
+            mine.append(feed)
+            stdio[0] = r
+        elif stdin == subprocess.DEVNULL:
+            stdio[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            child_ends.append(stdio[0])
+        elif isinstance(stdin, int) and stdin >= 0:
+            stdio[0] = stdin
+        elif stdin is not None:
+            stdio[0] = stdin.fileno()
+        if capture:
+            out_r, w = os.pipe2(os.O_CLOEXEC)
+            mine.append(out_r)
+            child_ends.append(w)
+            stdio[1] = w
+            if merge_stderr:
+                stdio[2] = w
+            else:
+                err_r, w2 = os.pipe2(os.O_CLOEXEC)
+                mine.append(err_r)
+                child_ends.append(w2)
+                stdio[2] = w2
+        errr, errw = os.pipe2(os.O_CLOEXEC)
+        child_ends.append(errw)
+        mine.append(errr)
+        pid = native.spawn(
+            executables, [os.fsencode(a) for a in argv], envp,
+            stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+            keep_fds=sorted({fd for fd in pass_fds if fd > 2}), errpipe=errw, setsid=True,
+            mounts=tuple((fd, os.fsencode(t)) for fd, t in prepared.mounts) or None,
+            chroot=_b(chroot), cwd=_b(cwd), umask=-1 if umask is None else umask,
+            user=_user_arg(user), **prepared.layers())
+        for fd in child_ends:
+            os.close(fd)
+        child_ends = []
+        failure = os.read(errr, 64)
+        mine.remove(errr)
+        os.close(errr)
+        if failure:
+            os.waitpid(pid, 0)
+            raise _spawn_error(argv[0], failure, native.STEPS)
         try:
-            proc = subprocess.Popen(
-                argv, env=env, close_fds=True, pass_fds=pass_fds, start_new_session=True,
-                stdin=subprocess.PIPE if input is not None else stdin,
-                stdout=subprocess.PIPE if capture else None,
-                stderr=(subprocess.STDOUT if merge_stderr else subprocess.PIPE) if capture
-                else None,
-                preexec_fn=_child_setup(prepared, chroot=chroot, cwd=cwd, user=user,
-                                        umask=umask, errpipe=wfd, overlays=overlays))
-        except subprocess.SubprocessError:
-            os.close(wfd)
-            wfd = -1
-            message = os.read(rfd, 4096).decode(errors="replace") or "child setup failed"
-            raise SetupError(f"sandbox setup failed: {message}") from None
-        except FileNotFoundError:
-            raise NotFound(f"{argv[0]}: command not found") from None
-        except PermissionError:
-            raise ExecError(f"{argv[0]}: permission denied") from None
-        except OSError as exc:
-            raise ExecError(f"{argv[0]}: {exc.strerror}") from None
+            out, err, status = _communicate(pid, feed, input, out_r, err_r, timeout)
+        except _Timeout:
+            raise TimeoutExpired(f"{argv[0]}: timed out after {timeout:g} s; process group "
+                                 f"killed", report=prepared.report.as_dict()) from None
+        mine = []
     finally:
-        if wfd >= 0:
-            os.close(wfd)
-        os.close(rfd)
-    try:
-        out, err = proc.communicate(input=input, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
-        _reap_after_kill(proc)
-        raise TimeoutExpired(f"{argv[0]}: timed out after {timeout:g} s; process group killed",
-                             report=prepared.report.as_dict()) from None
-    except BaseException:
-        _kill_group(proc.pid)
-        proc.wait()
-        raise
+        for fd in child_ends + mine:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     report = prepared.report
     if user is not None or chroot:
         from dataclasses import replace
         report = replace(report, user=user.name if user else "", chroot=chroot or "")
-    return Result(returncode=proc.returncode, stdout=out, stderr=err, report=report,
+    return Result(returncode=status, stdout=out, stderr=err, report=report,
                   duration=time.monotonic() - start)
 
 
-def _reap_after_kill(proc) -> None:
-    """After the group was killed: a descendant that left the group (setsid) may still hold
-    the output pipes; do not wait for it, only for the program itself."""
+def _spawn_error(argv0: str, data: bytes, steps: tuple[str, ...]) -> PkgsandboxError:
+    if len(data) < 8:
+        return SetupError("sandbox setup failed: the child ended without a report")
+    step, err = struct.unpack("=ii", data[:8])
+    name = steps[step] if 0 <= step < len(steps) else f"step {step}"
+    if name == "exec":
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            return NotFound(f"{argv0}: command not found")
+        if err == errno.EACCES:
+            return ExecError(f"{argv0}: permission denied")
+        return ExecError(f"{argv0}: {os.strerror(err)}")
+    return SetupError(f"sandbox setup failed: {name}: {os.strerror(err)}")
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _communicate(pid: int, feed: int | None, data: bytes | None, out_r: int | None,
+                 err_r: int | None, timeout: float | None):
+    """Write `data` to the child's stdin, read its output until end of file, reap it:
+    (stdout, stderr, returncode), returncode negative for a signal like subprocess's.
+    On timeout, or if anything interrupts this (KeyboardInterrupt), the whole process group
+    is killed and the child reaped before the exception goes on."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    chunks: dict[int, list[bytes]] = {fd: [] for fd in (out_r, err_r) if fd is not None}
+    done = False
     try:
-        proc.communicate(timeout=1)
-    except subprocess.TimeoutExpired:
-        for stream in (proc.stdout, proc.stderr, proc.stdin):
-            if stream:
-                stream.close()
-        proc.wait()
+        with selectors.DefaultSelector() as sel:
+            view = memoryview(data or b"")
+            if feed is not None:
+                if view:
+                    os.set_blocking(feed, False)
+                    sel.register(feed, selectors.EVENT_WRITE)
+                else:
+                    os.close(feed)
+                    feed = None
+            for fd in chunks:
+                sel.register(fd, selectors.EVENT_READ)
+            pidfd = os.pidfd_open(pid) if deadline is not None else None
+            try:
+                while sel.get_map():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise _Timeout
+                    for key, _ in sel.select(left):
+                        if key.fd == feed:
+                            try:
+                                view = view[os.write(feed, view[:1 << 16]):]
+                            except BlockingIOError:
+                                continue
+                            except BrokenPipeError:
+                                view = view[:0]
+                            if not view:
+                                sel.unregister(feed)
+                                os.close(feed)
+                                feed = None
+                        else:
+                            chunk = os.read(key.fd, 1 << 16)
+                            if chunk:
+                                chunks[key.fd].append(chunk)
+                            else:
+                                sel.unregister(key.fd)
+                if pidfd is not None:
+                    left = max(0.0, deadline - time.monotonic())
+                    if not select.select([pidfd], [], [], left)[0]:
+                        raise _Timeout
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        done = True
+    finally:
+        if feed is not None:
+            os.close(feed)
+        if not done:
+            _kill_group(pid)
+            _drain(chunks, 1.0)
+            os.waitpid(pid, 0)
+    out = b"".join(chunks[out_r]) if out_r is not None else None
+    err = b"".join(chunks[err_r]) if err_r is not None else None
+    return out, err, os.waitstatus_to_exitcode(status)
+
+
+def _drain(chunks: dict[int, list[bytes]], limit: float) -> None:
+    """After the group was killed: read what is left, but do not wait for a descendant that
+    left the group (setsid) and still holds the pipes."""
+    deadline = time.monotonic() + limit
+    open_fds = list(chunks)
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select(open_fds, [], [], left)
+        if not ready:
+            return
+        for fd in ready:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:
+                chunk = b""
+            if chunk:
+                chunks[fd].append(chunk)
+            else:
+                open_fds.remove(fd)
 
 
 def _close_inherited(keep: set[int]) -> None:
@@ -231,8 +360,11 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
         try:
             os.close(rfd)
             os.setsid()
-            _child_setup(prepared, chroot=chroot, cwd=cwd, user=user, umask=None,
-                         errpipe=wfd)()
+            try:
+                _enter_here(prepared, chroot=chroot, cwd=cwd, user=user)
+            except (OSError, PkgsandboxError) as exc:
+                os.write(wfd, str(exc).encode()[:4000])
+                raise
             _close_inherited({wfd})
             _only_environment(env)
             try:
@@ -473,8 +605,11 @@ def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
             parent_sock.close()
             os.close(errr)
             os.setsid()
-            _child_setup(prepared, chroot=chroot, cwd=cwd, user=user, umask=None,
-                         errpipe=errw)()
+            try:
+                _enter_here(prepared, chroot=chroot, cwd=cwd, user=user)
+            except (OSError, PkgsandboxError) as exc:
+                os.write(errw, str(exc).encode()[:4000])
+                raise
             os.close(errw)
             _close_inherited({child_sock.fileno()})
             _only_environment(env)

@@ -18,7 +18,8 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 
-from .. import safepath
+from .. import hardening, safepath
+from ..errors import PkgsandboxError
 
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
 
@@ -29,11 +30,14 @@ class Overlay:
     base: str
     upper: str
     work: str
-
-    def spec(self) -> tuple[str, str, str]:
-        return (self.target, self.upper, self.work)
+    #: the overlay, mounted nowhere (fsmount); the phase's child attaches it on `target` in
+    #: a private mount namespace
+    mount_fd: int = -1
 
     def cleanup(self) -> None:
+        if self.mount_fd >= 0:
+            os.close(self.mount_fd)
+            self.mount_fd = -1
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -44,15 +48,33 @@ class Applied:
 
 
 def create(target: str) -> Overlay:
+    """The upper and work directories, and the overlay mounted nowhere. `target` must be
+    reached without any symlink (a package could otherwise point it at the host's /etc)."""
+    if os.path.realpath(target) != os.path.normpath(target):
+        raise PkgsandboxError(f"copy-on-write directory {target} is reached through a "
+                              f"symlink; refusing to run the phase")
     base = tempfile.mkdtemp(prefix="pkgsandbox-cow-")
-    os.chmod(base, 0o700)
-    upper, work = os.path.join(base, "upper"), os.path.join(base, "work")
-    os.mkdir(upper, 0o755)
-    os.mkdir(work, 0o700)
-    st = os.stat(target)
-    os.chown(upper, st.st_uid, st.st_gid)
-    os.chmod(upper, stat.S_IMODE(st.st_mode))
-    return Overlay(target=target, base=base, upper=upper, work=work)
+    ov = Overlay(target=target, base=base, upper=os.path.join(base, "upper"),
+                 work=os.path.join(base, "work"))
+    try:
+        os.chmod(base, 0o700)
+        os.mkdir(ov.upper, 0o755)
+        os.mkdir(ov.work, 0o700)
+        st = os.stat(target)
+        os.chown(ov.upper, st.st_uid, st.st_gid)
+        os.chmod(ov.upper, stat.S_IMODE(st.st_mode))
+        hardening.overlay_options_ok(target, ov.upper, ov.work)
+        from .. import _native
+        ov.mount_fd = _native.detached_overlay(os.fsencode(target), os.fsencode(ov.upper),
+                                               os.fsencode(ov.work))
+    except OSError as exc:
+        ov.cleanup()
+        raise PkgsandboxError(f"copy-on-write overlay on {target}: "
+                              f"{exc.strerror or exc}") from None
+    except BaseException:
+        ov.cleanup()
+        raise
+    return ov
 
 
 def _protected(rel: str, protected: tuple[str, ...]) -> bool:
@@ -182,13 +204,17 @@ def _remove(dirfd: int, name: str) -> None:
 
 
 def run_with(policy, run):
-    """Run `run(overlays)` with the policy's copy-on-write directories (as root only), then
-    apply what changed; returns (run's result, refused paths as absolute paths)."""
-    overlays = []
-    if os.geteuid() == 0:
-        overlays = [create(t) for t in policy.copy_on_write if os.path.isdir(t)]
+    """Run `run(mounts)` with the policy's copy-on-write directories (as root only), then
+    apply what changed; returns (run's result, refused paths as absolute paths). `mounts`
+    ((fd, target), ...) goes to enforce.prepare, which makes the rules under each target on
+    the overlay's inodes, and from there to the child, which attaches the overlays."""
+    overlays: list[Overlay] = []
     try:
-        result = run(tuple(o.spec() for o in overlays))
+        if os.geteuid() == 0:
+            for t in policy.copy_on_write:
+                if os.path.isdir(t):
+                    overlays.append(create(t))
+        result = run(tuple((o.mount_fd, o.target) for o in overlays))
         refused: list[str] = []
         for o in overlays:
             protected = tuple(os.path.relpath(p, o.target) for p in policy.protected

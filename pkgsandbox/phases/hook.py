@@ -35,11 +35,13 @@ def run(*, hook, targets: tuple[str, ...] | None, root: str, library: profile.Li
     if hook.needs_targets:
         data = "".join(f"{t}\n" for t in (targets or ())).encode("utf-8", "surrogateescape")
     env = policy.environment.build(dict(os.environ))
-    with enforce.prepare(policy, cap=cap, compat=compat) as prepared:
-        result, refused = cow.run_with(policy, lambda overlays: runner.run(
-            argv, prepared, env=env, chroot=None if root == "/" else root, cwd="/",
-            umask=0o022, capture=True, merge_stderr=True, timeout=timeout,
-            input=data if data is not None else b"", overlays=overlays))
+
+    def spawn(mounts):
+        with enforce.prepare(policy, cap=cap, compat=compat, mounts=mounts) as prepared:
+            return runner.run(argv, prepared, env=env, chroot=None if root == "/" else root,
+                              cwd="/", umask=0o022, capture=True, merge_stderr=True,
+                              timeout=timeout, input=data if data is not None else b"")
+    result, refused = cow.run_with(policy, spawn)
     return Outcome(hook=hook.name, status=result.exit_status,
                    output=result.stdout.decode("utf-8", errors="replace"), report=result.report,
                    refused=tuple(refused))

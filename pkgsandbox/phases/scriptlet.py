@@ -83,11 +83,13 @@ def run(*, script: str, function: str, args: list[str], pkgname: str, pkgver: st
         env.pop("BASH_ENV", None)
         env["SHLVL"] = "1"
         argv = ["/bin/sh", "-c", f". {inside}; {function} {' '.join(args)}"]
-        with enforce.prepare(policy, cap=cap, compat=compat) as prepared:
-            result, refused = cow.run_with(policy, lambda overlays: runner.run(
-                argv, prepared, env=env, chroot=None if root == "/" else root, cwd="/",
-                umask=0o022, capture=True, merge_stderr=True, timeout=timeout,
-                stdin=subprocess.DEVNULL, overlays=overlays))
+
+        def spawn(mounts):
+            with enforce.prepare(policy, cap=cap, compat=compat, mounts=mounts) as prepared:
+                return runner.run(argv, prepared, env=env, chroot=None if root == "/" else root,
+                                  cwd="/", umask=0o022, capture=True, merge_stderr=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+        result, refused = cow.run_with(policy, spawn)
         return Outcome(package=pkgname, function=function, status=result.exit_status,
                        output=result.stdout.decode("utf-8", errors="replace"),
                        report=result.report, refused=tuple(refused))
