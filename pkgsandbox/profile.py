@@ -7,6 +7,7 @@ The format is documented in docs/profiles.md.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -605,6 +606,21 @@ def _merge_env(a, b):
 # Resolution for a context.
 
 def substitute(template: str, values: dict[str, str]) -> str:
+    names = _variables_in(template)
+    return _substitute(template, tuple(values[n] for n in names))
+
+
+@functools.lru_cache(maxsize=4096)
+def _variables_in(template: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_VAR.findall(template)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _substitute(template: str, args: tuple[str, ...]) -> str:
+    """Pure, so cached: a transaction resolves the same templates with the same {root} for
+    every package; only the few with {pkgname} differ."""
+    values = dict(zip(_variables_in(template), args))
+
     def one(m):
         return values[m.group(1)]
     out = _VAR.sub(one, template)
@@ -622,7 +638,7 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
         check_value(name, value)
     paths, skipped = [], []
     for g in profile.filesystem + (profile.unix_sockets or ()):
-        missing = [v for v in _VAR.findall(g.path) if v not in values]
+        missing = [v for v in _variables_in(g.path) if v not in values]
         if missing:
             raise BadInput(f"{g.origin}: {g.where}.path: variable {{{missing[0]}}} has no value "
                            f"for this run (give it with --var {missing[0]}=VALUE)")
@@ -668,9 +684,9 @@ def resolve(profile: Profile, variables: dict[str, str] | None = None, *,
         datagram_sockets=profile.datagram_sockets,
         copy_on_write=tuple(dict.fromkeys(substitute(g.path, values)
                                           for g in profile.copy_on_write
-                                          if all(v in values for v in _VAR.findall(g.path)))),
+                                          if all(v in values for v in _variables_in(g.path)))),
         protected=tuple(dict.fromkeys(substitute(g.path, values) for g in profile.protected
-                                      if all(v in values for v in _VAR.findall(g.path)))),
+                                      if all(v in values for v in _variables_in(g.path)))),
         unix_sockets=None if profile.unix_sockets is None else
         tuple(substitute(g.path, values) for g in profile.unix_sockets))
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, unquote
 from . import alpm, enforce, pacmanconf, profile, runner
 from .abi import Compat
 from .errors import BadInput, PkgsandboxError, SetupError
-from .phases import scriptlet
+from .phases import cow, scriptlet
 from .policy import EnforcementReport, PathGrant
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class Transaction:
             return self.commit(handle, trans)
         finally:
             alpm.release(trans)
+            cow.drain()           # the last overlays' teardown (phases/cow.py)
 
     def _local_targets(self, targets: list[str]) -> list[str]:
         out = []
