@@ -94,6 +94,7 @@ struct spec {
     /* layers */
     int setsid;
     int netns;
+    int netns_fd;                 /* >= 0: join this fresh namespace instead of creating one */
     const int *mount_fds;
     char *const *mount_targets;
     Py_ssize_t nmounts;
@@ -119,7 +120,12 @@ static int apply_layers(const struct spec *s, int *step)
 {
     Py_ssize_t i;
     if (s->setsid && setsid() < 0) { *step = S_SETSID; return -1; }
-    if (s->netns && unshare(CLONE_NEWNET) < 0) { *step = S_NETNS; return -1; }
+    if (s->netns_fd >= 0) {
+        if (setns(s->netns_fd, CLONE_NEWNET) < 0) { *step = S_NETNS; return -1; }
+    } else if (s->netns && unshare(CLONE_NEWNET) < 0) {
+        *step = S_NETNS;
+        return -1;
+    }
     if (s->nmounts > 0) {
         *step = S_MOUNTNS;
         if (unshare(CLONE_NEWNS) < 0) return -1;
@@ -426,7 +432,7 @@ static int layers_from(struct spec *s, struct owned *o, PyObject *mounts, PyObje
 
 PyDoc_STRVAR(spawn_doc,
 "spawn(executables, argv, envp, *, stdin=-1, stdout=-1, stderr=-1, keep_fds=(), errpipe,\n"
-"      setsid=False, netns=False, mounts=None, chroot=None, cwd=None, umask=-1, user=None,\n"
+"      setsid=False, netns=False, netns_fd=-1, mounts=None, chroot=None, cwd=None, umask=-1, user=None,\n"
 "      limit_caps=False, caps_keep=0, last_cap=40, seccomp=None, ruleset_fd=-1,\n"
 "      restrict_flags=0) -> pid\n\n"
 "vfork, apply the layers in the child with system calls only, execve the first of\n"
@@ -436,7 +442,8 @@ PyDoc_STRVAR(spawn_doc,
 static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"executables", "argv", "envp", "stdin", "stdout", "stderr",
-                            "keep_fds", "errpipe", "setsid", "netns", "mounts", "chroot",
+                            "keep_fds", "errpipe", "setsid", "netns", "netns_fd", "mounts",
+                            "chroot",
                             "cwd", "umask", "user", "limit_caps", "caps_keep", "last_cap",
                             "seccomp", "ruleset_fd", "restrict_flags", NULL};
     PyObject *executables, *argv, *envp, *keep_fds = Py_None, *mounts = Py_None;
@@ -456,9 +463,11 @@ static PyObject *py_spawn(PyObject *self, PyObject *args, PyObject *kw)
     s.ruleset_fd = -1;
     s.last_cap = 40;
     s.errpipe = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iiiO$ippOOOiOpKiOiI:spawn", names,
+    s.netns_fd = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iiiO$ippiOOOiOpKiOiI:spawn", names,
             &executables, &argv, &envp, &s.stdio[0], &s.stdio[1], &s.stdio[2], &keep_fds,
-            &s.errpipe, &s.setsid, &s.netns, &mounts, &chroot, &cwd, &s.umask, &user,
+            &s.errpipe, &s.setsid, &s.netns, &s.netns_fd, &mounts, &chroot, &cwd, &s.umask,
+            &user,
             &s.limit_caps, &caps_keep, &s.last_cap, &seccomp, &s.ruleset_fd,
             &s.restrict_flags))
         return NULL;
@@ -530,6 +539,7 @@ static PyObject *py_apply(PyObject *self, PyObject *args, PyObject *kw)
     memset(&o, 0, sizeof o);
     s.umask = -1;
     s.ruleset_fd = -1;
+    s.netns_fd = -1;
     s.last_cap = 40;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|$ppOOOpKiOiI:apply", names, &s.setsid,
             &s.netns, &chroot, &cwd, &user, &s.limit_caps, &caps_keep, &s.last_cap, &seccomp,
@@ -585,7 +595,27 @@ static PyObject *py_detached_overlay(PyObject *self, PyObject *args)
     return PyLong_FromLong(mnt);
 }
 
+PyDoc_STRVAR(netns_doc,
+"new_netns() -> fd\n\n"
+"Move the calling thread (never the main thread) into a new network namespace and return a\n"
+"close-on-exec descriptor of it, for spawn(netns_fd=...). The namespace is made ahead of\n"
+"time, by a thread of its own, so the child only joins it.");
+
+static PyObject *py_new_netns(PyObject *self, PyObject *unused)
+{
+    int fd;
+    if (syscall(SYS_gettid) == getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, "new_netns: not on the main thread");
+        return NULL;
+    }
+    if (unshare(CLONE_NEWNET) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(fd);
+}
+
 static PyMethodDef methods[] = {
+    {"new_netns", py_new_netns, METH_NOARGS, netns_doc},
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {"apply", (PyCFunction)(void (*)(void))py_apply, METH_VARARGS | METH_KEYWORDS, apply_doc},
     {"detached_overlay", py_detached_overlay, METH_VARARGS, overlay_doc},

@@ -252,3 +252,31 @@ def test_no_python_runs_in_the_child(tmp_path):
         armed[0] = False
     assert result.returncode == 0
     assert not marker.exists()
+
+
+@root_only
+def test_every_program_gets_a_fresh_private_network_namespace():
+    """Namespaces are made ahead of time by a thread (runner._NetnsPool); each program must
+    still get one of its own, never the host's, never another program's, with only a
+    loopback interface in it."""
+    from dataclasses import replace
+    policy = replace(run_policy(("/proc", READ)), private_network=True)
+    seen = set()
+    for _ in range(6):
+        # /proc/net/dev lists the interfaces of the reader's namespace (not /sys: its view
+        # is the namespace of whoever mounted it)
+        result = run(["sh", "-c", "readlink /proc/self/ns/net; "
+                                  "tail -n +3 /proc/net/dev | cut -d: -f1"], policy=policy,
+                     capture=True)
+        ns, *rest = result.stdout.decode().split()
+        seen.add(ns)
+        assert rest == ["lo"], rest
+    assert os.readlink("/proc/self/ns/net") not in seen
+    assert len(seen) == 6
+
+
+@root_only
+def test_network_namespace_is_made_off_the_main_thread_only():
+    from pkgsandbox import _native
+    with pytest.raises(RuntimeError, match="main thread"):
+        _native.new_netns()
