@@ -9,21 +9,21 @@ Child side, `engine()`: runs inside the `extract` domain, in a child forked afte
 taken; it inherits the handle and the transaction, resolves targets (reading the sync and local
 databases and package files, all untrusted), sends the plan to the parent, and commits with
 scriptlets disabled, pausing at each package so the parent can run that package's scriptlets in
-their own domains, in pacman's order. It never releases the transaction: the parent does, which
-removes the lock.
+their own domains, in pacman's order. It reads each scriptlet in-process (the package file's
+.INSTALL through pkgsandbox.archive, the local database's `install` for a removal), and none
+under --noscriptlet. It never releases the transaction: the parent does, which removes the lock.
 """
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
-import subprocess
 import warnings
 
 import pyalpm
 from pycman import config as pycman_config
 
-from . import pacmanconf
+from . import archive, pacmanconf
 from .errors import BadInput, PkgsandboxError, SetupError
 
 log = logging.getLogger(__name__)
@@ -322,9 +322,9 @@ def engine(chan, handle, trans, request: dict, narrow=None) -> dict:
     if not answer or answer.get("type") != "go":
         return {"ok": True, "committed": False}
     # The order libalpm works in: removals (conflicts, replaces, -R) first, then additions.
-    # The order libalpm works in: removals (conflicts, replaces, -R) first, then additions.
-    # Scriptlets are looked up when each package starts: only then are the package files
-    # loaded (a sync database does not say whether a package has an .INSTALL).
+    # Scriptlets are looked up when each package starts (never under --noscriptlet): only
+    # then are the package files loaded (a sync database does not say whether a package has
+    # an .INSTALL).
     sequence = []
     for p in removes:
         sequence.append({"op": "remove", "name": p.name, "version": p.version,
@@ -460,7 +460,8 @@ def _find_sync(syncdbs, target: str):
 
 
 def _archive_scriptlet(handle, pkg) -> str | None:
-    """.INSTALL from the package file in the cache (or the -U file), through bsdtar."""
+    """.INSTALL of the package file in the cache (or the -U file), read in this process
+    through libarchive, found as libalpm finds the one it runs (archive.read_member)."""
     path = None
     for d in handle.cachedirs:
         candidate = os.path.join(d, pkg.filename)
@@ -471,13 +472,8 @@ def _archive_scriptlet(handle, pkg) -> str | None:
         path = pkg.filename
     if path is None:
         return None
-    # -q: stop at the first match instead of reading the whole archive
-    proc = subprocess.run(["bsdtar", "-qxOf", path, ".INSTALL"], capture_output=True,
-                          env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, timeout=120,
-                          stdin=subprocess.DEVNULL)
-    if proc.returncode != 0 or len(proc.stdout) > MAX_SCRIPTLET:
-        return None
-    return proc.stdout.decode("utf-8", errors="replace")
+    data = archive.read_member(path, b".INSTALL", limit=MAX_SCRIPTLET)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def _installed_scriptlet(handle, pkg) -> str | None:

@@ -432,15 +432,30 @@ class Library:
                 seen.add(key)
                 self.dirs.append(d)
         self._cache: dict[tuple, Profile] = {}
+        #: (name, kind) -> the winning file; ("", directory) -> its names
+        self._found: dict[tuple[str, str], object] = {}
 
     def find(self, name: str, kind: str = "") -> Path | None:
+        """The file that wins for `name` (looked up once per Library: one command)."""
         if not _NAME.match(name):
             raise ProfileNotFound(f"invalid profile name {name!r}")
-        for d in self.dirs:
-            candidate = (d / kind / f"{name}.yaml") if kind else (d / f"{name}.yaml")
-            if candidate.is_file():
-                return candidate
-        return None
+        key = (name, kind)
+        if key not in self._found:
+            file = f"{name}.yaml"
+            self._found[key] = next(
+                (d / kind / file for d in self.dirs
+                 if file in self._listing(d / kind) and (d / kind / file).is_file()), None)
+        return self._found[key]
+
+    def _listing(self, directory: Path) -> frozenset[str]:
+        """A directory's names, read once (a transaction looks up an override per package)."""
+        key = ("", str(directory))
+        if key not in self._found:
+            try:
+                self._found[key] = frozenset(os.listdir(directory))
+            except OSError:
+                self._found[key] = frozenset()
+        return self._found[key]
 
     def names(self, kind: str = "") -> list[tuple[str, Path]]:
         """Every profile name visible, with the file that wins for it."""

@@ -620,8 +620,10 @@ def test_per_package_override_merges_on_scriptlet(tmp_path):
     assert lib.load_override("scriptlet", "bar", "packages") == scriptlet
     # an invalid package name never reaches the filesystem lookup
     assert lib.load_override("scriptlet", "../foo", "packages") == scriptlet
-    # the override must be valid too
+    # the override must be valid too (a Library reads its directories once: a new one)
     (d / "packages" / "baz.yaml").write_text("filesystem:\n  - {path: rel, access: [read]}\n")
+    assert lib.load_override("scriptlet", "baz", "packages") == scriptlet
+    lib = profile.Library([d], include_system=False)
     with pytest.raises(BadInput, match=r"baz\.yaml:2: filesystem\[0\]\.path: must be absolute"):
         lib.load_override("scriptlet", "baz", "packages")
 

@@ -68,7 +68,7 @@ import unicodedata
 import zlib
 from dataclasses import dataclass, field, replace
 
-from .. import enforce, profile, runner
+from .. import archive, enforce, profile, runner
 from ..errors import BadInput, SetupError, TimeoutExpired
 from ..policy import EnforcementReport, PathGrant, Policy
 
@@ -167,14 +167,9 @@ _FUNCTION_DEF = re.compile(r"^[ \t]*(?:function[ \t]+(\w+)[ \t]*(?:\([ \t]*\))?|
 _MAX_SHOWN = 300        # characters of one name in a finding
 _MAX_LIST = 1000        # values kept per .PKGINFO key
 
-# libarchive
-_OK, _EOF, _RETRY, _WARN, _FAILED, _FATAL = 0, 1, -10, -20, -25, -30
-_IFMT, _IFREG, _IFLNK, _IFSOCK, _IFCHR, _IFBLK, _IFDIR, _IFIFO = (
-    0o170000, 0o100000, 0o120000, 0o140000, 0o020000, 0o060000, 0o040000, 0o010000)
-_FORMAT_TAR, _FORMAT_MTREE, _FORMAT_BASE_MASK = 0x30000, 0x80000, 0xFF0000
-_STATUS = {_EOF: "EOF", _RETRY: "RETRY", _WARN: "WARN", _FAILED: "FAILED", _FATAL: "FATAL"}
-_TYPE = {_IFREG: "f", _IFLNK: "l", _IFSOCK: "s", _IFCHR: "c", _IFBLK: "b", _IFDIR: "d",
-         _IFIFO: "p"}
+# libarchive file types -> Entry.type
+_TYPE = {archive.IFREG: "f", archive.IFLNK: "l", archive.IFSOCK: "s", archive.IFCHR: "c",
+         archive.IFBLK: "b", archive.IFDIR: "d", archive.IFIFO: "p"}
 _TYPE_NAME = {"f": "file", "l": "symlink", "s": "socket", "c": "character device",
               "b": "block device", "d": "directory", "p": "FIFO", "h": "hard link",
               "?": "unknown"}
@@ -834,75 +829,26 @@ def parse_mtree(text: bytes) -> dict[bytes, str] | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The child: libarchive through ctypes. Runs only inside the domain, after the drop.
+# The child: libarchive (pkgsandbox.archive). Runs only inside the domain, after the drop.
 
-class _Libarchive:
-    """The few libarchive calls the parser needs, with their C signatures."""
+def _error(lib: archive.Libarchive, a, status: int | None = None) -> str:
+    return show(lib.error(a, status), 400)
 
-    def __init__(self):
-        problem = ""
-        for name in ("libarchive.so.13", "libarchive.so"):
-            try:
-                self.lib = ctypes.CDLL(name)
-                break
-            except OSError as exc:
-                problem = problem or str(exc)
-        else:
-            raise SetupError(f"cannot load libarchive (libarchive.so.13): {problem}")
-        vp, i, c, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int64
-        for name, res, args in (
-                ("archive_read_new", vp, ()),
-                ("archive_read_support_filter_all", i, (vp,)),
-                ("archive_read_support_format_all", i, (vp,)),
-                ("archive_read_open_fd", i, (vp, i, ctypes.c_size_t)),
-                ("archive_read_next_header", i, (vp, ctypes.POINTER(vp))),
-                ("archive_read_data", ctypes.c_ssize_t, (vp, vp, ctypes.c_size_t)),
-                ("archive_read_data_skip", i, (vp,)),
-                ("archive_read_free", i, (vp,)),
-                ("archive_error_string", c, (vp,)),
-                ("archive_format", i, (vp,)),
-                ("archive_format_name", c, (vp,)),
-                ("archive_filter_count", i, (vp,)),
-                ("archive_filter_name", c, (vp, i)),
-                ("archive_filter_bytes", i64, (vp, i)),
-                ("archive_entry_pathname", c, (vp,)),
-                ("archive_entry_symlink", c, (vp,)),
-                ("archive_entry_hardlink", c, (vp,)),
-                ("archive_entry_filetype", ctypes.c_uint, (vp,)),
-                ("archive_entry_mode", ctypes.c_uint, (vp,)),
-                ("archive_entry_size", i64, (vp,)),
-                ("archive_entry_size_is_set", i, (vp,)),
-                ("archive_entry_uid", i64, (vp,)),
-                ("archive_entry_gid", i64, (vp,)),
-                ("archive_entry_xattr_reset", i, (vp,)),
-                ("archive_entry_xattr_next", i, (vp, ctypes.POINTER(c), ctypes.POINTER(vp),
-                                                 ctypes.POINTER(ctypes.c_size_t)))):
-            fn = getattr(self.lib, name)
-            fn.restype = res
-            fn.argtypes = list(args)
-            setattr(self, name.removeprefix("archive_"), fn)
 
-    def error(self, a, status: int | None = None) -> str:
-        text = self.error_string(a)
-        if text:
-            return show(text, 400)
-        return "libarchive failed without a message" + (
-            f" (status {_STATUS.get(status, status)})" if status is not None else "")
-
-    def entry(self, e) -> Entry:
-        ftype = self.entry_filetype(e) & _IFMT
-        xattrs = []
-        for _ in range(self.entry_xattr_reset(e)):
-            name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
-            if self.entry_xattr_next(e, ctypes.byref(name), ctypes.byref(value),
-                                     ctypes.byref(size)) != _OK:
-                break
-            xattrs.append(name.value or b"")
-        return Entry(path=self.entry_pathname(e), type=_TYPE.get(ftype, "?"),
-                     mode=self.entry_mode(e), size=self.entry_size(e),
-                     size_set=bool(self.entry_size_is_set(e)), uid=self.entry_uid(e),
-                     gid=self.entry_gid(e), symlink=self.entry_symlink(e),
-                     hardlink=self.entry_hardlink(e), xattrs=tuple(xattrs))
+def _entry(lib: archive.Libarchive, e) -> Entry:
+    ftype = lib.entry_filetype(e) & archive.IFMT
+    xattrs = []
+    for _ in range(lib.entry_xattr_reset(e)):
+        name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), ctypes.c_size_t()
+        if lib.entry_xattr_next(e, ctypes.byref(name), ctypes.byref(value),
+                                ctypes.byref(size)) != archive.OK:
+            break
+        xattrs.append(name.value or b"")
+    return Entry(path=lib.entry_pathname(e), type=_TYPE.get(ftype, "?"),
+                 mode=lib.entry_mode(e), size=lib.entry_size(e),
+                 size_set=bool(lib.entry_size_is_set(e)), uid=lib.entry_uid(e),
+                 gid=lib.entry_gid(e), symlink=lib.entry_symlink(e),
+                 hardlink=lib.entry_hardlink(e), xattrs=tuple(xattrs))
 
 
 def nobody() -> tuple[int, int] | None:
@@ -963,7 +909,7 @@ def scan(path: str, identity: tuple[int, int] | None, limits: Limits, inherited:
          ) -> dict:
     """The sandboxed child: read the archive's headers and metadata; return the findings."""
     fd = open_target(path, identity, limits, inherited=inherited)
-    lib = _Libarchive()
+    lib = archive.library()
     analyzer = Analyzer(limits)
     try:
         return _scan(lib, analyzer, fd, limits)
@@ -975,7 +921,7 @@ def scan(path: str, identity: tuple[int, int] | None, limits: Limits, inherited:
         os.close(fd)
 
 
-def _scan(lib: _Libarchive, analyzer: Analyzer, fd: int, limits: Limits) -> dict:
+def _scan(lib: archive.Libarchive, analyzer: Analyzer, fd: int, limits: Limits) -> dict:
     a = lib.read_new()
     if not a:
         raise MemoryError("archive_read_new")
@@ -984,48 +930,51 @@ def _scan(lib: _Libarchive, analyzer: Analyzer, fd: int, limits: Limits) -> dict
     try:
         lib.read_support_filter_all(a)
         lib.read_support_format_all(a)
-        status = lib.read_open_fd(a, fd, 1 << 16)
-        if status != _OK:
-            error = lib.error(a, status)
+        status = lib.read_open_fd(a, fd, archive.BLOCK)
+        if status != archive.OK:
+            error = _error(lib, a, status)
             analyzer.add("warning", _error_kind(error), b"", f"not a readable archive: {error}")
             analyzer.finish(error=error)
             return analyzer.result(fmt="")
         entry = ctypes.c_void_p()
         retries = 0
-        buf = ctypes.create_string_buffer(1 << 16)
+        buf = ctypes.create_string_buffer(archive.BLOCK)
         while not analyzer.stopped:
             r = lib.read_next_header(a, ctypes.byref(entry))
-            if r == _EOF:
+            if r == archive.EOF:
                 break
-            if r == _RETRY and retries < 8:
+            if r == archive.RETRY and retries < 8:
                 retries += 1
                 continue
-            if r not in (_OK, _WARN):
-                error = lib.error(a, r)
+            if r not in (archive.OK, archive.WARN):
+                error = _error(lib, a, r)
                 analyzer.add("warning", _error_kind(error), b"", error)
                 break
             if not fmt:
                 fmt = _format(lib, a)
-                family = lib.format(a) & _FORMAT_BASE_MASK
-                if family == _FORMAT_MTREE:
+                family = lib.format(a) & archive.FORMAT_BASE_MASK
+                if family == archive.FORMAT_MTREE:
                     analyzer.add("hostile", "format", b"", f"{fmt}: a file list whose entries "
                                  f"take their data from files of the system reading it "
                                  f"(contents=/etc/shadow), which libalpm accepts as a package")
-                elif family != _FORMAT_TAR:
+                elif family != archive.FORMAT_TAR:
                     analyzer.add("warning", "format", b"", f"{fmt}: packages are tar "
                                                            f"archives")
-            e = lib.entry(entry)
-            if r == _WARN:
-                analyzer.add("warning", "archive-warning", e.path or b"", lib.error(a))
+            e = _entry(lib, entry)
+            if r == archive.WARN:
+                analyzer.add("warning", "archive-warning", e.path or b"", _error(lib, a))
             if analyzer.entry(e):
-                data, complete, problem = _read_data(lib, a, buf, limits.metadata_bytes)
+                data, complete, problem = archive.read_data(lib, a, buf,
+                                                            limits.metadata_bytes)
                 if problem:
+                    problem = show(problem, 400)
                     analyzer.add("warning", _error_kind(problem), e.path or b"", problem)
                     error = problem
                     break
                 analyzer.metadata_data(e.path, data, complete=complete)
-            elif not analyzer.stopped and (status := lib.read_data_skip(a)) not in (_OK, _WARN):
-                error = lib.error(a, status)
+            elif not analyzer.stopped and \
+                    (status := lib.read_data_skip(a)) not in (archive.OK, archive.WARN):
+                error = _error(lib, a, status)
                 analyzer.add("warning", _error_kind(error), e.path or b"", error)
                 break
             if lib.filter_bytes(a, 0) > limits.total_bytes + 512 * analyzer.entries + (1 << 20):
@@ -1048,27 +997,12 @@ def _error_kind(message: str) -> str:
     return "archive-error"
 
 
-def _format(lib: _Libarchive, a) -> str:
+def _format(lib: archive.Libarchive, a) -> str:
     name = (lib.format_name(a) or b"?").decode("ascii", "replace")
     filters = [(lib.filter_name(a, i) or b"?").decode("ascii", "replace")
                for i in range(lib.filter_count(a))]
     filters = [f for f in filters if f != "none"]
     return name + (f", {'+'.join(filters)}" if filters else "")
-
-
-def _read_data(lib: _Libarchive, a, buf, limit: int) -> tuple[bytes, bool, str]:
-    """At most `limit` bytes of the current entry's data: (data, complete, error)."""
-    chunks, size = [], 0
-    while True:
-        n = lib.read_data(a, buf, len(buf))
-        if n < 0:
-            return b"", False, lib.error(a)
-        if n == 0:
-            return b"".join(chunks), True, ""
-        size += n
-        if size > limit:
-            return b"", False, ""
-        chunks.append(buf.raw[:n])
 
 
 # ---------------------------------------------------------------------------------------------
