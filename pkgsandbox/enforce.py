@@ -8,6 +8,7 @@ sandboxed program inherits it.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -177,6 +178,10 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade,
                     continue
                 except OSError as exc:
                     if grant.optional:
+                        # resolved without the existence check (phases that start many
+                        # children check here, once): reported like profile.resolve does
+                        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                            refused.append(f"{grant.path} (optional, missing; {grant.origin})")
                         continue
                     raise SetupError(f"{grant.origin}: {grant.path}: {exc.strerror}",
                                      path=grant.path) from None

@@ -27,7 +27,8 @@ class Outcome:
 def run(*, hook, targets: tuple[str, ...] | None, root: str, library: profile.Library,
         cap, compat, timeout: float | None = None) -> Outcome:
     prof = library.load_override("hook", hook.name, "hooks")
-    policy = profile.resolve(prof, {"root": root, "hookname": hook.name}, phase="hook")
+    policy = profile.resolve(prof, {"root": root, "hookname": hook.name}, phase="hook",
+                            check_paths=False)  # build_ruleset checks, once
     argv = list(hook.exec)
     if "/" not in argv[0]:
         argv[0] = "/" + argv[0]

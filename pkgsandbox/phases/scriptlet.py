@@ -78,7 +78,8 @@ def run(*, script: str, function: str, args: list[str], pkgname: str, pkgver: st
         inside = path if root == "/" else "/" + os.path.relpath(path, root)
         prof = library.load_override("scriptlet", pkgname, "packages")
         policy = profile.resolve(prof, {"root": root, "pkgname": pkgname, "pkgver": pkgver},
-                                 phase="scriptlet")
+                                 phase="scriptlet",
+                                 check_paths=False)  # build_ruleset checks, once
         env = policy.environment.build(dict(os.environ))
         env.pop("BASH_ENV", None)
         env["SHLVL"] = "1"
