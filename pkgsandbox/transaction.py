@@ -349,10 +349,10 @@ class Transaction:
 
     def download_packages(self, plan_add: list[dict]) -> bool:
         """Download what the plan needs; True if anything was downloaded."""
-        from .phases import download
         need = [p for p in plan_add if p["download_size"] and p["servers"]]
         if not need:
             return False
+        from .phases import download   # http.client, ssl: only when something is fetched
         self.out(":: Retrieving packages...")
         jobs = [download.Job(name=p["filename"],
                              urls=tuple(f"{s.rstrip('/')}/{p['filename']}" for s in p["servers"]),
