@@ -144,6 +144,50 @@ def test_http_download(repo, mirror, dest):
     assert request.header("Range") is None and request.header("If-Modified-Since") is None
 
 
+@pytest.fixture
+def keepalive_mirror(repo):
+    with Mirror(repo[0], keepalive=True) as m:
+        yield m
+
+
+def test_one_connection_for_the_files_of_a_session(repo, keepalive_mirror, dest):
+    """HTTP/1.1 keep-alive: the files of one fetch_all from one mirror share a connection
+    (as libcurl's do); each file is still complete and verified."""
+    _, files = repo
+    mirror = keepalive_mirror
+    names = PARALLEL_FILES[:4]
+    results = fetch_all([one(mirror.url, n) for n in names], str(dest))
+    assert [r["status"] for r in results] == ["downloaded"] * 4
+    assert {n: (dest / n).read_bytes() for n in names} == {n: files[n] for n in names}
+    assert len(mirror.requests) == 4
+    assert len({r.client for r in mirror.requests}) == 1
+
+
+def test_an_idle_connection_the_server_closed_is_replaced(repo, keepalive_mirror, dest,
+                                                         monkeypatch):
+    """A kept connection the server has closed since (its keep-alive timeout) fails on
+    reuse; the request is made once more on a new connection, not counted as a failure."""
+    _, files = repo
+    mirror = keepalive_mirror
+    names = PARALLEL_FILES[:2]
+    real_idle = download._Session._idle
+
+    def idle_then_server_closes(self, parts, port, conn):
+        real_idle(self, parts, port, conn)
+        conn.sock.shutdown(socket.SHUT_RDWR)     # as if the server had hung up
+    monkeypatch.setattr(download._Session, "_idle", idle_then_server_closes)
+    results = fetch_all([one(mirror.url, n) for n in names], str(dest))
+    assert [r["status"] for r in results] == ["downloaded"] * 2, results
+    assert (dest / names[1]).read_bytes() == files[names[1]]
+    assert len({r.client for r in mirror.requests}) == 2
+
+
+def test_no_reuse_when_the_server_says_close(repo, mirror, dest):
+    names = PARALLEL_FILES[:3]
+    fetch_all([one(mirror.url, n) for n in names], str(dest))
+    assert len({r.client for r in mirror.requests}) == 3
+
+
 def test_empty_file_and_known_size(repo, mirror, dest):
     results = fetch_all([one(mirror.url, "empty", size=0),
                          one(mirror.url, "core.db", size=7_777)], str(dest))

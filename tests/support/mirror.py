@@ -131,8 +131,12 @@ class Mirror:
     """A directory served on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, root, *, tls: bool = False, port: int = 0,
-                 tls_names: tuple[str, ...] = ("127.0.0.1", "localhost")):
+                 tls_names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+                 keepalive: bool = False):
         self.root = os.path.realpath(str(root))
+        #: keep the connection open after a whole 200/206 answer without a fault (HTTP/1.1
+        #: keep-alive, as real mirrors do); every other answer closes it
+        self.keepalive = keepalive
         self.tls = tls
         self.tls_names = tuple(tls_names)
         self.requests: list[Request] = []
@@ -314,11 +318,15 @@ class Mirror:
             h.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         declared = len(body) if fault.content_length is None else fault.content_length
         h.send_header("Content-Length", str(declared))
-        h.send_header("Connection", "close")
+        keep = self.keepalive and fault == Fault()
+        if not keep:
+            h.send_header("Connection", "close")
         h.end_headers()
         if head:
             return
         self._send_body(h, body + b"\xa5" * fault.extra, fault)
+        if keep:
+            h.close_connection = False
 
     def _send_body(self, h: "_Handler", body: bytes, fault: Fault) -> None:
         sent = 0
