@@ -145,16 +145,24 @@ static int apply_layers(const struct spec *s, int *step)
     if (s->switch_user) {
         uid_t r, e, sv;
         gid_t gr, ge, gs;
-        if (setgroups((size_t)s->ngroups, s->groups) < 0) { *step = S_GROUPS; return -1; }
-        if (setresgid(s->gid, s->gid, s->gid) < 0) { *step = S_GID; return -1; }
-        if (setresuid(s->uid, s->uid, s->uid) < 0) { *step = S_UID; return -1; }
+        /* Raw system calls, never glibc's wrappers: in a vfork child glibc would "broadcast"
+         * the change to the threads of the process it believes it is (the parent's), which
+         * is why CPython never vforks for a user switch. The kernel changes this task only:
+         * here, the whole child. */
+        if (syscall(SYS_setgroups, (size_t)s->ngroups, s->groups) < 0) {
+            *step = S_GROUPS;
+            return -1;
+        }
+        if (syscall(SYS_setresgid, s->gid, s->gid, s->gid) < 0) { *step = S_GID; return -1; }
+        if (syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0) { *step = S_UID; return -1; }
         *step = S_VERIFY;
-        if (getresuid(&r, &e, &sv) < 0 || getresgid(&gr, &ge, &gs) < 0) return -1;
+        if (syscall(SYS_getresuid, &r, &e, &sv) < 0 || syscall(SYS_getresgid, &gr, &ge, &gs) < 0)
+            return -1;
         if (r != s->uid || e != s->uid || sv != s->uid || gr != s->gid || ge != s->gid ||
             gs != s->gid) { errno = EPERM; return -1; }
         {
             gid_t now[256];
-            int n = getgroups(256, now), j, k;
+            int n = (int)syscall(SYS_getgroups, 256, now), j, k;
             if (n < 0) return -1;
             for (j = 0; j < n; j++) {          /* every group held was asked for ... */
                 for (k = 0; k < s->ngroups && s->groups[k] != now[j]; k++) ;
@@ -165,7 +173,11 @@ static int apply_layers(const struct spec *s, int *step)
                 if (j == n) { errno = EPERM; return -1; }
             }
         }
-        if (s->uid != 0 && setuid(0) == 0) { *step = S_REGAIN; errno = EPERM; return -1; }
+        if (s->uid != 0 && syscall(SYS_setuid, 0) == 0) {
+            *step = S_REGAIN;
+            errno = EPERM;
+            return -1;
+        }
     }
     if (s->limit_caps && geteuid() == 0) {
         int cap;

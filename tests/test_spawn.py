@@ -280,3 +280,34 @@ def test_network_namespace_is_made_off_the_main_thread_only():
     from pkgsandbox import _native
     with pytest.raises(RuntimeError, match="main thread"):
         _native.new_netns()
+
+
+@root_only
+def test_user_switch_leaves_the_parents_threads_alone():
+    """The child is vforked: it shares the parent's memory, and glibc's setuid family may
+    take the parent's threads for its own and try to switch them too (why CPython never
+    vforks for a user switch; this glibc happens to fail that harmlessly). The child makes
+    raw system calls; whatever the libc, a thread of the parent keeps root."""
+    import threading
+    started, stop = threading.Event(), threading.Event()
+    tid = []
+
+    def idle():
+        tid.append(threading.get_native_id())
+        started.set()
+        stop.wait(30)
+    t = threading.Thread(target=idle)
+    t.start()
+    try:
+        started.wait(5)
+        result = run(["id", "-u"], user=runner.User.lookup("nobody"), capture=True,
+                     policy=run_policy(("/etc", READ)))
+        assert result.stdout.strip() == str(runner.User.lookup("nobody").uid).encode()
+        with open(f"/proc/self/task/{tid[0]}/status") as f:
+            ids = {k: v.split() for k, v in (line.split(":", 1) for line in f)
+                   if k in ("Uid", "Gid")}
+        assert ids == {"Uid": ["0"] * 4, "Gid": ["0"] * 4}
+        assert os.getresuid() == (0, 0, 0)
+    finally:
+        stop.set()
+        t.join()
