@@ -6,11 +6,12 @@ same program. One process prepares the shipped `scriptlet` policy once (root "/"
 "bench"), then times N sequential `runner.run(["/bin/true"], prepared)` against N plain
 `subprocess.run(["/bin/true"])`, interleaved in rounds that alternate which kind goes first,
 and reports medians per spawn. It also times enforce.prepare() itself and the preparation of a
-1000-rule policy, and (as a diagnostic, not part of the budget) a plain spawn that only adds
-the `preexec_fn` and new session the runner uses, which separates Python's fork path from
-Landlock's own cost.
+1000-rule policy, and (as a diagnostic, not part of the budget) a plain spawn that adds a
+no-op `preexec_fn` and a new session: what a full fork of this Python process costs (the
+runner entered the domain in a `preexec_fn` until d858283; it now uses vfork and enters every
+layer in C, pkgsandbox/_native.c). See bench/scaling.py for 10 to 1000 rules.
 
-    bench/spawn.py [--quick] [-n N] [--rounds R] [--json] [--cprofile K]
+    bench/spawn.py [--quick] [-n N] [--rounds R] [--json] [--json-out FILE] [--cprofile K]
 
 A measurement: exits 0 whatever the numbers, non-zero only if something errors.
 """
@@ -19,9 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
-import platform
 import pstats
 import statistics
 import subprocess
@@ -31,10 +30,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout with any Python that has PyYAML
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
+from _common import add_output_options, emit, guarded, item, machine, shown, verdict  # noqa: E402
 from pkgsandbox import abi, enforce, landlock, profile, runner  # noqa: E402
 from pkgsandbox.abi import Compat  # noqa: E402
 from pkgsandbox.policy import PathGrant, Policy  # noqa: E402
@@ -77,8 +77,9 @@ def _noop() -> None:
 
 
 def time_plain_preexec(env: dict[str, str]) -> float:
-    """What the runner does minus Landlock: preexec_fn (forces fork, not vfork), new session,
-    an environment; no ruleset, no no_new_privs."""
+    """A spawn through a full fork: a no-op preexec_fn (forces fork, not vfork), a new
+    session, an environment; no ruleset, no no_new_privs (what the runner did before
+    d858283, minus Landlock)."""
     t0 = time.perf_counter()
     proc = subprocess.run(PROGRAM, env=env, start_new_session=True, preexec_fn=_noop)
     elapsed = time.perf_counter() - t0
@@ -121,31 +122,10 @@ def big_policy(base: Path, rules: int) -> Policy:
         grants.append(PathGrant(path=str(d), rights=frozenset(
             {"read_file", "read_dir", "write_file", "make_reg", "remove_file"}),
             origin=f"bench:{i}"))
-    return Policy(name="bench-1000", phase="bench", source="bench/spawn.py",
+    return Policy(name=f"bench-{rules}", phase="bench", source="bench/spawn.py",
                   compat=Compat.BEST_EFFORT, min_abi=0,
                   handled_fs=frozenset(abi.FS_RIGHTS), handled_net=frozenset(abi.NET_RIGHTS),
                   scopes=frozenset(abi.SCOPES), paths=tuple(grants), ports=())
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_kib = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "mem_mib": mem_kib // 1024, "kernel": platform.release(),
-            "cpu": cpu, "python": platform.python_version(),
-            "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
 def parent_rss_mib() -> int:
@@ -171,7 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="50 spawns of each kind, not 200")
     ap.add_argument("-n", type=int, default=None, help="spawns of each kind (default 200)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_output_options(ap)
     ap.add_argument("--ballast-mib", type=int, metavar="M", default=0,
                     help="first grow the parent by M MiB of touched memory (spawn cost "
                          "through fork() grows with the parent's size)")
@@ -245,14 +225,15 @@ def main(argv=None) -> int:
         "added_ms_over_plain_preexec": round(med["sandboxed"] - med["plain_preexec"], 3),
         "target_ms": TARGET_MS,
         "within_target": added <= TARGET_MS,
+        "summary": [item("spawn", f"spawn +{shown(added, TARGET_MS)} ms (<={TARGET_MS:g})",
+                         added <= TARGET_MS)],
         "prepare_ms": {"median": round(ms(statistics.median(prep)), 3), "builds": len(prep)},
         "prepare_1000_rules_ms": {"median": round(ms(statistics.median(big_prep)), 3),
                                   "builds": len(big_prep), "rules": big_rules},
         "spawn_1000_rules_ms": {"median": round(ms(statistics.median(big_spawn)), 3),
                                 "spawns": len(big_spawn), "rules": big_spawn_rules},
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if emit(result, args):
         if profile_text:
             print(profile_text, file=sys.stderr)
         return 0
@@ -273,9 +254,9 @@ def main(argv=None) -> int:
           f"p90 {result['p90_ms'].get('sandboxed', 0):7.3f} ms")
     print(f"  added per round (median sandboxed - median plain): "
           + ", ".join(f"{x:.2f}" for x in round_added) + " ms")
-    print(f"  of the added {added:.3f} ms, {med['plain_preexec'] - med['plain']:.3f} ms is the "
-          f"preexec_fn fork path, {med['sandboxed'] - med['plain_preexec']:.3f} ms the rest "
-          f"(Landlock, error pipe, report)")
+    print(f"  a spawn through a full fork (preexec_fn) costs "
+          f"{med['plain_preexec'] - med['plain']:.3f} ms more than plain; runner.run "
+          f"{added:.3f} ms more")
     print(f"prepare (scriptlet, {report.rules} rules): median "
           f"{result['prepare_ms']['median']:.3f} ms over {len(prep)} builds")
     print(f"prepare (1000 rules): median {result['prepare_1000_rules_ms']['median']:.3f} ms "
@@ -284,8 +265,8 @@ def main(argv=None) -> int:
           f"(scriptlet + 1000 = {big_spawn_rules} rules)")
     if profile_text:
         print(f"\ncProfile of {args.cprofile} sandboxed spawns:\n{profile_text}")
-    verdict = "OK" if result["within_target"] else "OVER TARGET"
-    print(f"spawn: added {added:.2f} ms/spawn (target <= {TARGET_MS:g}) {verdict}; "
+    print(f"spawn: added {added:.2f} ms/spawn (target <= {TARGET_MS:g}) "
+          f"{verdict(result['within_target'])}; "
           f"sandboxed {med['sandboxed']:.2f} ms, plain {med['plain']:.2f} ms, "
           f"prepare {result['prepare_ms']['median']:.2f} ms, "
           f"prepare 1000 rules {result['prepare_1000_rules_ms']['median']:.2f} ms")
@@ -293,4 +274,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("spawn", main))

@@ -12,7 +12,8 @@ half with a post_install, some dependencies), serves them from a loopback HTTP m
 with pkgsandbox run as `python -m pkgsandbox` by the same interpreter, and reports medians and
 ratios (pkgsandbox / stock). Peak memory: see peak_rss() and poll_tree().
 
-    bench/transaction.py [--quick] [-n N] [--reps R] [--json] [--breakdown] [--cprofile DIR]
+    bench/transaction.py [--quick] [-n N] [--reps R] [--json] [--json-out FILE] [--breakdown]
+                         [--cprofile DIR] [--tmpdir DIR]
 
 --breakdown adds one instrumented run of each kind that says where pkgsandbox's time goes
 (per phase, per process); --cprofile DIR profiles the parent of one local and one sync run
@@ -42,6 +43,9 @@ HERE = Path(__file__).resolve().parent
 for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from _common import (add_output_options, emit, guarded, item, machine, shown, skip,  # noqa: E402
+                     verdict)
 
 TARGET_TIME_RATIO = 1.10
 TARGET_RSS_RATIO = 3.0
@@ -88,11 +92,17 @@ def package_specs(n: int):
     return specs, sorted(large_at.values())
 
 
-def build(n: int, repodir: Path) -> dict:
-    from pkgsandbox.repobuild import build_repo
+def build(n: int, repodir: Path, *, repo: bool = True) -> dict:
+    """Build package_specs(n) into repodir. repo=False: the package files only, without the
+    repository database (enough for -U; repo-add costs ~35 ms a package, bsdtar ~9)."""
+    from pkgsandbox.repobuild import build_package, build_repo
     specs, large = package_specs(n)
     t0 = time.perf_counter()
-    build_repo(specs, repodir)
+    if repo:
+        build_repo(specs, repodir)
+    else:
+        for spec in specs:
+            build_package(spec, repodir)
     files = [str(repodir / s.filename) for s in specs]
     return {"specs": specs, "files": files, "names": [s.name for s in specs],
             "large_mib": large, "scriptlets": sum(1 for s in specs if s.install),
@@ -577,11 +587,6 @@ def skip_reason() -> str | None:
     return None
 
 
-def machine() -> dict:
-    from spawn import machine as spawn_machine
-    return spawn_machine()
-
-
 def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -595,7 +600,7 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=None, help="packages (default 200; 50 with --quick)")
     ap.add_argument("--reps", type=int, default=None,
                     help="interleaved repetitions (default 5; 2 with --quick)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    add_output_options(ap)
     ap.add_argument("--breakdown", action="store_true",
                     help="also one instrumented run of each kind: where pkgsandbox's time goes")
     ap.add_argument("--cprofile", metavar="DIR", default=None,
@@ -611,8 +616,7 @@ def main(argv=None) -> int:
         ap.error("-n must be at least 2 and --reps at least 1")
     missing = skip_reason()
     if missing:
-        print(f"bench/transaction.py: skipped: {missing}", file=sys.stderr)
-        return 0
+        return skip("transaction", missing, args)
     from pkgsandbox import landlock
     from tests.support.mirror import Mirror
 
@@ -637,7 +641,7 @@ def main(argv=None) -> int:
         samples: dict[str, list[dict]] = {k: [] for k in
                                           ("stock-local", "pkgsandbox-local",
                                            "stock-sync", "pkgsandbox-sync")}
-        with Mirror(tmp / "repo") as mirror:
+        with Mirror(tmp / "repo", keepalive=True) as mirror:   # as real mirrors
             server = mirror.url
             # Warm-up (not counted): page cache, .pyc files, the first fork of everything.
             run_local("stock", pkgs, tmp, server, logdir, "warm")
@@ -670,6 +674,8 @@ def main(argv=None) -> int:
         ratio_local = med["pkgsandbox-local"] / med["stock-local"]
         ratio_sync = med["pkgsandbox-sync"] / med["stock-sync"]
         ratio_rss = rss["pkgsandbox-local"] / rss["stock-local"]
+        ok = {"local": ratio_local <= TARGET_TIME_RATIO, "sync": ratio_sync <= TARGET_TIME_RATIO,
+              "rss": ratio_rss <= TARGET_RSS_RATIO and rss["pkgsandbox-local"] < TARGET_RSS_MIB}
         per_rep = [round(a["s"] / b["s"], 3) for a, b in zip(samples["pkgsandbox-local"],
                                                              samples["stock-local"])]
         per_rep_sync = [round(a["s"] / b["s"], 3) for a, b in zip(samples["pkgsandbox-sync"],
@@ -701,18 +707,22 @@ def main(argv=None) -> int:
             "startup_s": {k: round(v, 4) for k, v in starts.items()},
             "targets": {"time_ratio": TARGET_TIME_RATIO, "rss_ratio": TARGET_RSS_RATIO,
                         "rss_mib": TARGET_RSS_MIB},
-            "within_target": {
-                "local": ratio_local <= TARGET_TIME_RATIO,
-                "sync": ratio_sync <= TARGET_TIME_RATIO,
-                "rss": ratio_rss <= TARGET_RSS_RATIO and rss["pkgsandbox-local"] < TARGET_RSS_MIB},
+            "within_target": ok,
             "total_s": round(total_s, 1),
+            "summary": [
+                item("local", f"local {shown(ratio_local, TARGET_TIME_RATIO)}x (n={n}; "
+                              f"<={TARGET_TIME_RATIO:.2f})", ok["local"]),
+                item("sync", f"sync {shown(ratio_sync, TARGET_TIME_RATIO)}x "
+                             f"(<={TARGET_TIME_RATIO:.2f})", ok["sync"]),
+                item("rss", f"rss {shown(ratio_rss, TARGET_RSS_RATIO)}x "
+                            f"{shown(rss['pkgsandbox-local'], TARGET_RSS_MIB, 0)} MiB "
+                            f"(<={TARGET_RSS_RATIO:g}x, <{TARGET_RSS_MIB})", ok["rss"])],
         }
         if phases:
             result["breakdown"] = phases
         if profiles:
             result["cprofile"] = {k: v["file"] for k, v in profiles.items()}
-        if args.json:
-            print(json.dumps(result, indent=2))
+        if emit(result, args):
             return 0
         print_report(result, phases, profiles)
         return 0
@@ -759,7 +769,6 @@ def print_report(result: dict, phases, profiles) -> None:
         for kind, p in profiles.items():
             print(f"\ncProfile of the parent, {kind} ({p['file']}):\n{p['top']}")
     ok = result["within_target"]
-    verdict = lambda b: "OK" if b else "OVER"  # noqa: E731
     print(f"transaction: local {result['ratio']['local']:.2f}x (target <= "
           f"{TARGET_TIME_RATIO:.2f}) {verdict(ok['local'])}, sync {result['ratio']['sync']:.2f}x "
           f"(target <= {TARGET_TIME_RATIO:.2f}) {verdict(ok['sync'])}, rss "
@@ -797,4 +806,4 @@ def _print_times(who: str, times: dict, total: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded("transaction", main))
