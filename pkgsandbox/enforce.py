@@ -153,6 +153,7 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade,
     target is opened through the overlay's descriptor, because Landlock ignores rules on a
     directory a mount hides; the rule must be on the overlay's own inodes."""
     fd = None
+    anchors: dict[str, int] = {}
     try:
         fd = landlock.create_ruleset(
             fs=abi.mask(abi.FS_RIGHTS, decision.handled_fs),
@@ -164,7 +165,8 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade,
         if decision.handled_fs:
             for grant in policy.paths:
                 try:
-                    through = _mount_for(grant.path, mounts)
+                    through = _mount_for(grant.path, mounts) or \
+                        (grant.anchor and _anchored(grant.anchor, grant.path, anchors))
                     if through:
                         path_fd = safepath.open_below(through[0], through[1],
                                                       nofollow=bool(grant.anchor))
@@ -198,15 +200,39 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade,
             if port.right in decision.handled_net:
                 landlock.add_port_rule(fd, port.port, abi.NET_RIGHTS[port.right][0])
                 rules += 1
+        _close_all(anchors)
     except landlock.LandlockError as exc:
+        _close_all(anchors)
         if fd is not None:
             os.close(fd)
         raise SetupError(f"profile {policy.name}: {exc.strerror}") from None
     except BaseException:
+        _close_all(anchors)
         if fd is not None:
             os.close(fd)
         raise
     return fd, rules, refused
+
+
+def _anchored(anchor: str, path: str, anchors: dict[str, int]) -> tuple[int, str] | None:
+    """(descriptor of `anchor`, `path` relative to it) for a path below its anchor; the
+    anchor is opened once per ruleset (`anchors`), then every grant below it is reached from
+    that descriptor with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (safepath.open_below)."""
+    prefix = anchor.rstrip("/") + "/"
+    if path == anchor:
+        rel = "."
+    elif path.startswith(prefix):
+        rel = path[len(prefix):]
+    else:
+        return None                      # open_beneath says why (EXDEV)
+    if anchor not in anchors:
+        anchors[anchor] = os.open(anchor, os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+    return anchors[anchor], rel
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    while fds:
+        os.close(fds.popitem()[1])
 
 
 def _mount_for(path: str, mounts) -> tuple[int, str] | None:
