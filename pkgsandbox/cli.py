@@ -269,7 +269,16 @@ def _layer_support(abi_in_force: int) -> dict[str, str]:
                          if hardening.seccomp_supported() else
                          "unavailable on this architecture: pathname UNIX sockets open"),
         "user_switch": "DownloadUser for downloads (pacman.conf)",
+        "spawn": _native_state(),
     }
+
+
+def _native_state() -> str:
+    try:
+        from . import _native  # noqa: F401
+    except ImportError as exc:
+        return f"MISSING native part ({exc}): nothing can be sandboxed; reinstall pkgsandbox"
+    return "vfork, every layer entered in C (pkgsandbox._native), no Python in the child"
 
 
 def cmd_profile(args, s) -> int:
