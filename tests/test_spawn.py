@@ -311,3 +311,34 @@ def test_user_switch_leaves_the_parents_threads_alone():
     finally:
         stop.set()
         t.join()
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"executables": [], "argv": [b"true"], "envp": []}, ValueError),
+    ({"executables": [b"/bin/true"], "argv": [], "envp": []}, ValueError),
+    ({"executables": ["/bin/true"], "argv": [b"true"], "envp": []}, TypeError),
+    ({"executables": [b"/bin/tr\0ue"], "argv": [b"true"], "envp": []}, ValueError),
+    ({"executables": [b"/bin/true"], "argv": [b"true"], "envp": [b"A=\0"]}, ValueError),
+    ({"executables": [b"/bin/true"], "argv": [b"true"], "envp": [], "keep_fds": [9, 5]},
+     ValueError),
+    ({"executables": [b"/bin/true"], "argv": [b"true"], "envp": [], "seccomp": b"1234567"},
+     ValueError),
+    ({"executables": [b"/bin/true"], "argv": [b"true"], "envp": [], "mounts": [(1,)]},
+     TypeError),
+    ({"executables": [b"/bin/true"], "argv": [b"true"], "envp": [], "user": (0,)},
+     TypeError),
+    ({"executables": [b"/bin/true"], "argv": [b"true"], "envp": [], "chroot": "/"},
+     TypeError),
+])
+def test_native_spawn_refuses_bad_arguments_before_forking(kwargs, error):
+    """Wrong arguments are Python exceptions raised before any child exists."""
+    from pkgsandbox import _native
+    before = runner._children()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with pytest.raises(error):
+            _native.spawn(errpipe=w, **kwargs)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert runner._children() == before
