@@ -9,9 +9,9 @@ Reading the bounding set (doctor) is the only call made here.
 from __future__ import annotations
 
 import ctypes
-import functools
 import errno
-import platform
+import functools
+import os
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -73,7 +73,7 @@ BPF_RET_K = 0x06
 
 
 def seccomp_supported() -> bool:
-    return platform.machine() in _ARCH
+    return os.uname().machine in _ARCH
 
 
 def socket_filter_program(*, unix: bool, datagrams: bool) -> bytes:
@@ -82,7 +82,7 @@ def socket_filter_program(*, unix: bool, datagrams: bool) -> bytes:
     `datagrams`, AF_INET/AF_INET6 datagram sockets fail with EACCES (no UDP at all, whatever
     the Landlock ABI). Every other call is allowed; a foreign architecture's calls are killed.
     Installed by the child after no_new_privs (_native.c)."""
-    arch = platform.machine()
+    arch = os.uname().machine
     if arch not in _ARCH:
         raise OSError(errno.ENOTSUP, f"seccomp filter not available on {arch}")
     audit_arch, nr_socket = _ARCH[arch]

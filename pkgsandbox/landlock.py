@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 from dataclasses import dataclass
 
 from . import abi
@@ -71,7 +70,7 @@ def probe() -> KernelSupport:
     global _probe_cache
     if _probe_cache is not None:
         return _probe_cache
-    kernel = platform.release()
+    kernel = os.uname().release
     version = _syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0),
                        ctypes.c_uint32(abi.CREATE_RULESET_VERSION))
     if version < 0:

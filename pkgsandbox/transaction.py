@@ -12,7 +12,6 @@ listed in the report.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -327,6 +326,7 @@ class Transaction:
                 raise TransactionFailed(f"{os.path.basename(src)}: size {st.st_size} != "
                                         f"expected {expected_size}")
             if expected_sha256:
+                import hashlib         # only with downloads (loads OpenSSL)
                 h = hashlib.sha256()
                 while chunk := os.read(fd, 1 << 20):
                     h.update(chunk)
