@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         _global_options(sp, suppress=True)
         return sp
 
-    r = add("run", "run a command in a Landlock domain built from a profile")
+    r = add("run", "run a command in a Landlock domain built from a profile; when it exits, "
+                   "whatever it left running is killed")
     r.add_argument("--profile", required=True, metavar="NAME|FILE")
     r.add_argument("--var", action="append", default=[], metavar="K=V",
                    help="give a profile variable a value (e.g. --var root=/mnt)")
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cwd", metavar="DIR", help="working directory (inside the chroot)")
     r.add_argument("--user", metavar="NAME", help="run as this user (groups, gid, uid)")
     r.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="kill the command's process group after this long")
+                   help="kill the command, its process group and what it left after this long")
     r.add_argument("--report", action="store_true",
                    help="print the enforcement report on stderr even when fully enforced")
     r.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")

@@ -204,28 +204,36 @@ def run(argv: list[str], prepared: enforce.Prepared, *, env: dict[str, str],
             if netns_fd >= 0:
                 child_ends.append(netns_fd)
                 layers = {**layers, "netns_fd": netns_fd}
-        pid = native.spawn(
-            executables, [os.fsencode(a) for a in argv], envp,
-            stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
-            keep_fds=sorted({fd for fd in pass_fds if fd > 2}), errpipe=errw, setsid=True,
-            mounts=tuple((fd, os.fsencode(t)) for fd, t in prepared.mounts) or None,
-            chroot=_b(chroot), cwd=_b(cwd), umask=-1 if umask is None else umask,
-            user=_user_arg(user), **layers)
-        for fd in child_ends:
-            os.close(fd)
-        child_ends = []
-        failure = os.read(errr, 64)
-        mine.remove(errr)
-        os.close(errr)
-        if failure:
-            os.waitpid(pid, 0)
-            raise _spawn_error(argv[0], failure, native.STEPS)
+        reaper = Reaper()      # orphans of the program come back here, to be killed
         try:
-            out, err, status = _communicate(pid, feed, input, out_r, err_r, timeout)
-        except _Timeout:
-            raise TimeoutExpired(f"{argv[0]}: timed out after {timeout:g} s; process group "
-                                 f"killed", report=prepared.report.as_dict()) from None
-        mine = []
+            pid = native.spawn(
+                executables, [os.fsencode(a) for a in argv], envp,
+                stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                keep_fds=sorted({fd for fd in pass_fds if fd > 2}), errpipe=errw,
+                setsid=True,
+                mounts=tuple((fd, os.fsencode(t)) for fd, t in prepared.mounts) or None,
+                chroot=_b(chroot), cwd=_b(cwd), umask=-1 if umask is None else umask,
+                user=_user_arg(user), **layers)
+            for fd in child_ends:
+                os.close(fd)
+            child_ends = []
+            failure = os.read(errr, 64)
+            mine.remove(errr)
+            os.close(errr)
+            if failure:
+                os.waitpid(pid, 0)
+                raise _spawn_error(argv[0], failure, native.STEPS)
+            if feed is not None:
+                mine.remove(feed)             # _communicate closes it
+            try:
+                out, err, status = _communicate(pid, feed, input, out_r, err_r, timeout,
+                                                reaper)
+            except _Timeout:
+                raise TimeoutExpired(f"{argv[0]}: timed out after {timeout:g} s; process "
+                                     f"group killed", report=prepared.report.as_dict()) \
+                    from None
+        finally:
+            reaper.close()
     finally:
         for fd in child_ends + mine:
             try:
@@ -259,14 +267,20 @@ class _Timeout(Exception):
 
 
 def _communicate(pid: int, feed: int | None, data: bytes | None, out_r: int | None,
-                 err_r: int | None, timeout: float | None):
-    """Write `data` to the child's stdin, read its output until end of file, reap it:
-    (stdout, stderr, returncode), returncode negative for a signal like subprocess's.
-    On timeout, or if anything interrupts this (KeyboardInterrupt), the whole process group
-    is killed and the child reaped before the exception goes on."""
+                 err_r: int | None, timeout: float | None, reaper: "Reaper"):
+    """Write `data` to the child's stdin, read its output, reap it: (stdout, stderr,
+    returncode), returncode negative for a signal like subprocess's.
+
+    The phase ends with its program: when the program exits (seen through a pidfd, while it
+    is still an unreaped zombie, so its pid cannot name anything else), what it left running
+    is killed: its process group, then every orphan re-parented to this process (`reaper`:
+    a child subreaper), even one that left the group with setsid; the output is then read to
+    its end. On timeout, or if anything interrupts this (KeyboardInterrupt), the same
+    happens before the exception goes on."""
     deadline = None if timeout is None else time.monotonic() + timeout
     chunks: dict[int, list[bytes]] = {fd: [] for fd in (out_r, err_r) if fd is not None}
-    done = False
+    status = None
+    pidfd = os.pidfd_open(pid)
     try:
         with selectors.DefaultSelector() as sel:
             view = memoryview(data or b"")
@@ -279,49 +293,57 @@ def _communicate(pid: int, feed: int | None, data: bytes | None, out_r: int | No
                     feed = None
             for fd in chunks:
                 sel.register(fd, selectors.EVENT_READ)
-            pidfd = os.pidfd_open(pid) if deadline is not None else None
-            try:
-                while sel.get_map():
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise _Timeout
-                    for key, _ in sel.select(left):
-                        if key.fd == feed:
-                            try:
-                                view = view[os.write(feed, view[:1 << 16]):]
-                            except BlockingIOError:
-                                continue
-                            except BrokenPipeError:
-                                view = view[:0]
-                            if not view:
-                                sel.unregister(feed)
-                                os.close(feed)
-                                feed = None
+            sel.register(pidfd, selectors.EVENT_READ)
+            while pidfd in sel.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise _Timeout
+                for key, _ in sel.select(left):
+                    if key.fd == pidfd:
+                        sel.unregister(pidfd)          # exited: the loop ends after this
+                    elif key.fd == feed:
+                        try:
+                            view = view[os.write(feed, view[:1 << 16]):]
+                        except BlockingIOError:
+                            continue
+                        except BrokenPipeError:
+                            view = view[:0]
+                        if not view:
+                            sel.unregister(feed)
+                            os.close(feed)
+                            feed = None
+                    else:
+                        chunk = os.read(key.fd, 1 << 16)
+                        if chunk:
+                            chunks[key.fd].append(chunk)
                         else:
-                            chunk = os.read(key.fd, 1 << 16)
-                            if chunk:
-                                chunks[key.fd].append(chunk)
-                            else:
-                                sel.unregister(key.fd)
-                if pidfd is not None:
-                    left = max(0.0, deadline - time.monotonic())
-                    if not select.select([pidfd], [], [], left)[0]:
-                        raise _Timeout
-            finally:
-                if pidfd is not None:
-                    os.close(pidfd)
-        _, status = os.waitpid(pid, 0)
-        done = True
+                            sel.unregister(key.fd)
+        status = _end_phase(pid, reaper)
+        _drain(chunks, 1.0)
     finally:
+        os.close(pidfd)
         if feed is not None:
             os.close(feed)
-        if not done:
-            _kill_group(pid)
+        if status is None:
+            try:
+                _end_phase(pid, reaper)
+            except ChildProcessError:       # already reaped when the interruption came
+                reaper.sweep()
             _drain(chunks, 1.0)
-            os.waitpid(pid, 0)
     out = b"".join(chunks[out_r]) if out_r is not None else None
     err = b"".join(chunks[err_r]) if err_r is not None else None
     return out, err, os.waitstatus_to_exitcode(status)
+
+
+def _end_phase(pid: int, reaper: "Reaper") -> int:
+    """Kill what the program `pid` left and reap it all; the program's wait status.
+    The group is killed while `pid` is not yet reaped (so the group id is still its own);
+    reaping it re-parents its children here (`reaper`), and the sweep kills and reaps those
+    and, in turn, theirs, even the ones that left the group with setsid."""
+    _kill_group(pid)
+    _, status = os.waitpid(pid, 0)
+    reaper.sweep()
+    return status
 
 
 def _drain(chunks: dict[int, list[bytes]], limit: float) -> None:

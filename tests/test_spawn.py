@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -342,3 +343,47 @@ def test_native_spawn_refuses_bad_arguments_before_forking(kwargs, error):
         os.close(r)
         os.close(w)
     assert runner._children() == before
+
+
+def test_no_descriptor_is_left_open_by_a_run():
+    """Every pipe of a run is closed after it (found in review: the output pipes leaked)."""
+    with enforce.prepare(run_policy()) as prepared:
+        runner.run(["true"], prepared, env={})          # anything made once per process
+        before = sorted(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            runner.run(["cat"], prepared, env={}, capture=True, input=b"in")
+            runner.run(["echo", "x"], prepared, env={"PATH": "/bin"}, capture=True,
+                       merge_stderr=True, stdin=subprocess.DEVNULL, timeout=5)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("holds_output", [False, True], ids=["detached", "holding-stdout"])
+def test_what_a_program_leaves_running_ends_with_it(tmp_path, holds_output):
+    """A background job that left the process group (setsid) is killed when the program
+    exits, whether or not it still holds the output pipe (without this, a job holding the
+    pipe would make the run wait for it, and a detached one would outlive its phase)."""
+    pidfile = tmp_path / "escaped"
+    redirect = "" if holds_output else " >/dev/null 2>&1 </dev/null"
+    script = (f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60'{redirect} & "
+              f"while [ ! -s {pidfile} ]; do :; done; echo main done")
+    policy = run_policy((tmp_path, READ | {"write_file", "make_reg"}))
+    start = time.monotonic()
+    try:
+        result = run(["sh", "-c", script], policy=policy, capture=True)
+        assert result.returncode == 0 and result.stdout == b"main done\n"
+        assert time.monotonic() - start < 10
+        pid = int(pidfile.read_text())
+        assert not _alive(pid), "the escaped job outlived its program"
+    finally:
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
