@@ -39,6 +39,12 @@
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
 #endif
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
 #ifndef SYS_move_mount
 #define SYS_move_mount 429
 #endif
@@ -633,7 +639,76 @@ static PyObject *py_new_netns(PyObject *self, PyObject *unused)
     return PyLong_FromLong(fd);
 }
 
+PyDoc_STRVAR(add_path_rules_doc,
+"add_path_rules(ruleset_fd, grants) -> list[int]\n\n"
+"For each grant (dirfd, path, resolve, dir_rights, file_rights): open path O_PATH (with\n"
+"openat2(dirfd, path, resolve) when dirfd >= 0, else open(path)), add a path_beneath rule\n"
+"with dir_rights or file_rights (as the path is a directory or not; none: no rule), close.\n"
+"One result per grant: 1 rule added, 0 no rights for this kind of file, -errno the open\n"
+"failed, -1000-errno landlock_add_rule failed. The Python side decides what each means.");
+
+struct path_beneath { uint64_t allowed; int32_t parent_fd; } __attribute__((packed));
+struct open_how_ { uint64_t flags, mode, resolve; };
+
+static PyObject *py_add_path_rules(PyObject *self, PyObject *args)
+{
+    int ruleset_fd;
+    PyObject *grants, *fast, *out;
+    Py_ssize_t i, n;
+    if (!PyArg_ParseTuple(args, "iO:add_path_rules", &ruleset_fd, &grants)) return NULL;
+    fast = PySequence_Fast(grants, "grants");
+    if (!fast) return NULL;
+    n = PySequence_Fast_GET_SIZE(fast);
+    out = PyList_New(n);
+    if (!out) { Py_DECREF(fast); return NULL; }
+    for (i = 0; i < n; i++) {
+        int dirfd, fd, result;
+        const char *path;
+        unsigned long long resolve, dir_rights, file_rights;
+        struct stat st;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iyKKK", &dirfd, &path,
+                              &resolve, &dir_rights, &file_rights)) {
+            Py_DECREF(fast);
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (dirfd >= 0) {
+            struct open_how_ how = {O_PATH | O_CLOEXEC, 0, resolve};
+            fd = (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+        } else {
+            fd = open(path, O_PATH | O_CLOEXEC);
+        }
+        if (fd < 0) {
+            result = -errno;
+        } else if (fstat(fd, &st) < 0) {
+            result = -errno;
+            close(fd);
+        } else {
+            uint64_t allowed = S_ISDIR(st.st_mode) ? dir_rights : file_rights;
+            result = 0;
+            if (allowed) {
+                struct path_beneath attr = {allowed, fd};
+                result = syscall(SYS_landlock_add_rule, ruleset_fd, 1, &attr, 0) < 0
+                    ? -1000 - errno : 1;
+            }
+            close(fd);
+        }
+        {
+            PyObject *value = PyLong_FromLong(result);
+            if (!value) {
+                Py_DECREF(fast);
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(out, i, value);
+        }
+    }
+    Py_DECREF(fast);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"add_path_rules", py_add_path_rules, METH_VARARGS, add_path_rules_doc},
     {"new_netns", py_new_netns, METH_NOARGS, netns_doc},
     {"spawn", (PyCFunction)(void (*)(void))py_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {"apply", (PyCFunction)(void (*)(void))py_apply, METH_VARARGS | METH_KEYWORDS, apply_doc},

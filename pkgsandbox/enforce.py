@@ -9,9 +9,9 @@ sandboxed program inherits it.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
-import stat
 from dataclasses import dataclass, replace
 
 from . import abi, hardening, landlock, safepath
@@ -163,39 +163,7 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade,
         rules = 0
         refused: list[str] = []
         if decision.handled_fs:
-            for grant in policy.paths:
-                try:
-                    through = _mount_for(grant.path, mounts) or \
-                        (grant.anchor and _anchored(grant.anchor, grant.path, anchors))
-                    if through:
-                        path_fd = safepath.open_below(through[0], through[1],
-                                                      nofollow=bool(grant.anchor))
-                    elif grant.anchor:
-                        path_fd = safepath.open_beneath(grant.anchor, grant.path)
-                    else:
-                        path_fd = os.open(grant.path, os.O_PATH | os.O_CLOEXEC)
-                except safepath.SymlinkInPath:
-                    refused.append(f"{grant.path} (a symlink below {grant.anchor}: not "
-                                   f"followed, grant skipped; {grant.origin})")
-                    continue
-                except OSError as exc:
-                    if grant.optional:
-                        # resolved without the existence check (phases that start many
-                        # children check here, once): reported like profile.resolve does
-                        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                            refused.append(f"{grant.path} (optional, missing; {grant.origin})")
-                        continue
-                    raise SetupError(f"{grant.origin}: {grant.path}: {exc.strerror}",
-                                     path=grant.path) from None
-                try:
-                    is_dir = stat.S_ISDIR(os.fstat(path_fd).st_mode)
-                    rights = abi.effective_rule_rights(grant.rights, decision.handled_fs,
-                                                       is_dir=is_dir)
-                    if rights:
-                        landlock.add_path_rule(fd, path_fd, abi.mask(abi.FS_RIGHTS, rights))
-                        rules += 1
-                finally:
-                    os.close(path_fd)
+            rules, refused = _add_path_rules(fd, policy, decision, mounts, anchors)
         for port in policy.ports:
             if port.right in decision.handled_net:
                 landlock.add_port_rule(fd, port.port, abi.NET_RIGHTS[port.right][0])
@@ -214,17 +182,83 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade,
     return fd, rules, refused
 
 
+def _add_path_rules(fd: int, policy: Policy, decision: abi.Downgrade, mounts,
+                    anchors: dict[str, int]) -> tuple[int, list[str]]:
+    """Every path grant as a rule, in one call to pkgsandbox._native (open, fstat, add,
+    close per grant, in C): (rules added, grants skipped and why). How each path is opened
+    is decided here: under a copy-on-write target, through the overlay's descriptor; under
+    the grant's anchor ({root}), from the anchor with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+    (a package's symlink cannot redirect the grant); anything else, as given."""
+    from . import _native
+    batch, grants = [], []
+    refused: list[str] = []
+    for grant in policy.paths:
+        try:
+            through = _mount_for(grant.path, mounts) or \
+                (grant.anchor and _anchored(grant.anchor, grant.path, anchors))
+            if not through and grant.anchor:
+                raise OSError(errno.EXDEV, f"not under {grant.anchor}")
+        except OSError as exc:
+            if _skip(grant, exc.errno, refused):
+                continue
+            raise SetupError(f"{grant.origin}: {grant.path}: {exc.strerror}",
+                             path=grant.path) from None
+        if through:
+            dirfd, rel = through
+            resolve = safepath.RESOLVE_BENEATH | safepath.RESOLVE_NO_MAGICLINKS
+            if grant.anchor:
+                resolve |= safepath.RESOLVE_NO_SYMLINKS
+        else:
+            dirfd, rel, resolve = -1, grant.path, 0
+        batch.append((dirfd, os.fsencode(rel), resolve,
+                      *_rule_masks(grant.rights, decision.handled_fs)))
+        grants.append(grant)
+    rules = 0
+    for grant, result in zip(grants, _native.add_path_rules(fd, batch)):
+        if result == 1:
+            rules += 1
+        elif result <= -1000:
+            err = -1000 - result
+            raise landlock.LandlockError(err, f"landlock_add_rule(path): {os.strerror(err)}")
+        elif result < 0:
+            err = -result
+            if err == errno.ELOOP and grant.anchor:
+                refused.append(f"{grant.path} (a symlink below {grant.anchor}: not "
+                               f"followed, grant skipped; {grant.origin})")
+            elif not _skip(grant, err, refused):
+                raise SetupError(f"{grant.origin}: {grant.path}: {os.strerror(err)}",
+                                 path=grant.path)
+    return rules, refused
+
+
+def _skip(grant, err: int, refused: list[str]) -> bool:
+    """An optional grant whose path cannot be opened is skipped; a missing one is reported
+    as profile.resolve reports it (phases that start many children check here, once)."""
+    if not grant.optional:
+        return False
+    if err in (errno.ENOENT, errno.ENOTDIR):
+        refused.append(f"{grant.path} (optional, missing; {grant.origin})")
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule_masks(rights: frozenset[str], handled: frozenset[str]) -> tuple[int, int]:
+    """(rights of the rule on a directory, on anything else), as kernel masks."""
+    return (abi.mask(abi.FS_RIGHTS, abi.effective_rule_rights(rights, handled, is_dir=True)),
+            abi.mask(abi.FS_RIGHTS, abi.effective_rule_rights(rights, handled, is_dir=False)))
+
+
 def _anchored(anchor: str, path: str, anchors: dict[str, int]) -> tuple[int, str] | None:
     """(descriptor of `anchor`, `path` relative to it) for a path below its anchor; the
     anchor is opened once per ruleset (`anchors`), then every grant below it is reached from
-    that descriptor with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (safepath.open_below)."""
+    that descriptor with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (_add_path_rules)."""
     prefix = anchor.rstrip("/") + "/"
     if path == anchor:
         rel = "."
     elif path.startswith(prefix):
         rel = path[len(prefix):]
     else:
-        return None                      # open_beneath says why (EXDEV)
+        return None                      # refused by the caller (EXDEV)
     if anchor not in anchors:
         anchors[anchor] = os.open(anchor, os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
     return anchors[anchor], rel

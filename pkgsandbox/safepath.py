@@ -54,19 +54,3 @@ def open_beneath(anchor: str, path: str) -> int:
     finally:
         os.close(dirfd)
 
-
-def open_below(dirfd: int, rel: str, *, nofollow: bool) -> int:
-    """An O_PATH descriptor for `rel` beneath the directory `dirfd` (e.g. a detached overlay
-    mount), never escaping it; with `nofollow`, no symlink is followed either."""
-    resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
-    if nofollow:
-        resolve |= RESOLVE_NO_SYMLINKS
-    how = OpenHow(os.O_PATH | os.O_CLOEXEC, 0, resolve)
-    fd = _syscall(SYS_OPENAT2, ctypes.c_int(dirfd), rel.encode(), ctypes.byref(how),
-                  ctypes.c_size_t(ctypes.sizeof(how)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        if err == errno.ELOOP and nofollow:
-            raise SymlinkInPath(err, f"{rel}: a symlink is in the way")
-        raise OSError(err, os.strerror(err), rel)
-    return int(fd)
