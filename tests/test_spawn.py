@@ -175,6 +175,12 @@ def test_capabilities_limited_in_the_program():
         "CapBnd": "0000000000000001", "CapAmb": "0000000000000000"}
 
 
+def _scratch_dirs() -> set[str]:
+    import tempfile
+    where = cow._scratch() or tempfile.gettempdir()
+    return {n for n in os.listdir(where) if n.startswith("pkgsandbox-cow-")}
+
+
 @root_only
 def test_overlay_rules_apply_to_the_overlay(tmp_path):
     """The overlay is mounted nowhere when the rules are made; the rule on its target must
@@ -195,7 +201,10 @@ def test_overlay_rules_apply_to_the_overlay(tmp_path):
         with enforce.prepare(policy, mounts=mounts) as prepared:
             return runner.run(["sh", "-c", script], prepared, env={"PATH": "/usr/bin:/bin"},
                               capture=True, merge_stderr=True, timeout=CHILD_TIMEOUT)
+    before = _scratch_dirs()
     result, refused = cow.run_with(replace(policy, protected=(str(target / "old"),)), spawn)
+    cow.drain()
+    assert _scratch_dirs() == before                        # upper/work removed (not empty)
     lines = result.stdout.decode().splitlines()
     assert lines[0] == "ok" and "denied" in lines and lines[-1] == "1", lines
     assert (target / "new").read_text() == "new\n"          # applied after the phase
@@ -218,7 +227,10 @@ def test_overlay_without_the_rule_is_denied(tmp_path):
             return runner.run(["sh", "-c", f"echo new > {target}/new"], prepared,
                               env={"PATH": "/usr/bin:/bin"}, capture=True,
                               merge_stderr=True, timeout=CHILD_TIMEOUT)
+    before = _scratch_dirs()
     result, _ = cow.run_with(policy, spawn)
+    cow.drain()
+    assert _scratch_dirs() == before                        # upper/work removed (empty)
     assert result.returncode != 0 and b"Permission denied" in result.stdout
     assert not (target / "new").exists()
 
