@@ -330,17 +330,22 @@ def test_all_mirrors_down(tmp_path, repo, mirror):
     assert f"failed retrieving file '{LIBFOO}'" in r.stderr
 
 
-@pytest.mark.parametrize("siglevel", ["Required", "PackageRequired"])
-def test_required_signature_on_unsigned_packages_installs_nothing(tmp_path, repo, mirror,
-                                                                  siglevel):
-    good = package_sums(repo)
+def _twins_with_keyrings(tmp_path, mirror, siglevel):
+    """A stock and a sandboxed root on the mirror, each with an empty keyring of its own."""
     roots = []
     for name in ("stock", "sandboxed"):
         gpg = tmp_path / f"{name}-gnupg"
         gpg.mkdir(mode=0o700)
         roots.append(make_root(tmp_path, name, mirror.url, siglevel=siglevel,
                                options=f"GPGDir = {gpg}"))
-    a, b = roots
+    return roots
+
+
+@pytest.mark.parametrize("siglevel", ["Required", "PackageRequired"])
+def test_required_signature_on_unsigned_packages_installs_nothing(tmp_path, repo, mirror,
+                                                                  siglevel):
+    good = package_sums(repo)
+    a, b = _twins_with_keyrings(tmp_path, mirror, siglevel)
     ra = stock(a, "-Sy", "hello", check=False)
     r = sandboxed(b, "-Sy", "hello", check=False)
     assert ra.returncode == 1 and ".sig' from" in ra.stderr
@@ -359,13 +364,7 @@ def test_required_signature_error_names_the_signature(tmp_path, repo, mirror, si
     """An unsigned repository under a level that requires signatures: pacman fails naming
     each missing .sig file (the database's for Required, each package's for
     PackageRequired), then its summary line; pkgsandbox the same, nothing installed."""
-    roots = []
-    for name in ("stock", "sandboxed"):
-        gpg = tmp_path / f"{name}-gnupg"
-        gpg.mkdir(mode=0o700)
-        roots.append(make_root(tmp_path, name, mirror.url, siglevel=siglevel,
-                               options=f"GPGDir = {gpg}"))
-    a, b = roots
+    a, b = _twins_with_keyrings(tmp_path, mirror, siglevel)
     ra = stock(a, "-Sy", "hello", check=False)
     r = sandboxed(b, "-Sy", "hello", check=False)
     missing = ["test.db.sig"] if siglevel == "Required" else \
