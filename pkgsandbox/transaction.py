@@ -473,6 +473,7 @@ class Transaction:
         with enforce.prepare(policy, cap=o.cap, compat=o.compat) as prepared:
             self._warn(prepared.report)
             w = self._spawn(prepared, handle, trans, request)
+            resolver = len(self.runs) - 1
             try:
                 plan = self._until_plan(w)
                 decision = self.on_plan(plan)
@@ -485,6 +486,10 @@ class Transaction:
                     return 0
                 if decision == "downloaded":
                     w.close()
+                    # this worker only resolved: its line says so, the next one commits
+                    self.runs[resolver] = replace(self.runs[resolver],
+                                                  subject=f"{o.op} (resolve)",
+                                                  status="ok, resolved before the downloads")
                     w = self._spawn(prepared, handle, trans, request)
                     self._quiet_status = True      # it resolves again: say it once
                     again = self._until_plan(w)

@@ -180,6 +180,13 @@ def test_sync_install_and_sysupgrade_match_stock_pacman(request, tmp_path, repo,
     r = sandboxed(b, "-S", "hello", **kw)
     assert "installing libfoo..." in r.stdout and "installing hello..." in r.stdout
     assert b.calls() == ["pre_install 1.0-1", "post_install 1.0-1"] * 2
+    # the report: a worker that only resolved (downloads were needed), then the one that
+    # committed, each on its own line
+    extract = [line for line in (r.stdout + r.stderr).splitlines()
+               if line.lstrip().startswith("extract ")]
+    assert len(extract) == 2, extract
+    assert "sync (resolve)" in extract[0] and "resolved before the downloads" in extract[0]
+    assert "(resolve)" not in extract[1] and "; ok" in extract[1]
     assert query(b, "-Q").stdout == "hello 1.0-1\nlibfoo 1.0-1\n"
     assert_twins(a, b)
     assert [q.status for q in served.requests_for(HELLO)] == [200]
