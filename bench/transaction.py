@@ -347,16 +347,6 @@ class Clock:
         return {k: [v[0], round(v[1], 6)] for k, v in self.acc.items()}
 
 
-def _spawn_label(self, *a, **k) -> str:
-    args = a[0] if a else k.get("args", ["?"])
-    name = os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args))
-    return f"spawn {name}: fork/vfork, child setup, exec (Popen)"
-
-
-def _run_label(self, *a, **k) -> str:
-    return f"{os.path.basename(str(self.args[0]))} runs (Popen.communicate)"
-
-
 def instrumented_main(argv: list[str]) -> int:
     """`--_instrumented OUT.json -- PKGSANDBOX ARGS`: run pkgsandbox's CLI in this process with
     timers around its phases; write the parent's timings to OUT.json; every forked worker
@@ -366,7 +356,8 @@ def instrumented_main(argv: list[str]) -> int:
     t_start = time.perf_counter()
     import pyalpm  # noqa: F401  (the import is part of what is timed as start-up)
     from pkgsandbox import alpm, cli, enforce, profile, runner, transaction
-    from pkgsandbox.phases import download, scriptlet
+    from pkgsandbox.phases import cow, download, scriptlet
+    from pkgsandbox import _native as native
     t_imported = time.perf_counter()
     clock = Clock()
     state = {"fork_at": None, "worker": 0}
@@ -388,13 +379,15 @@ def instrumented_main(argv: list[str]) -> int:
             (enforce, "prepare", "ruleset build (enforce.prepare)"),
             (T, "_until_plan", "wait: worker resolves (libalpm)"),
             (T, "on_plan", "plan: print, confirm"),
-            (T, "_next", "wait: worker (libalpm extract, bsdtar, messages)"),
+            (T, "_next", "wait: worker (libalpm extract, .INSTALL reads, messages)"),
             (T, "_finish_worker", "wait: first worker ends"),
             (T, "on_pkg", "per-package bookkeeping"),
-            (scriptlet, "run", "scriptlet: temp dir, .INSTALL copy, env"),
-            (runner, "run", "scriptlet: runner.run other"),
-            (subprocess.Popen, "__init__", _spawn_label),
-            (subprocess.Popen, "communicate", _run_label),
+            (scriptlet, "run", "scriptlet: temp dir, .INSTALL copy, env, other"),
+            (cow, "create", "copy-on-write: overlay made (dirs, detached mount)"),
+            (cow, "apply", "copy-on-write: review and apply the changes"),
+            (runner, "run", "runner.run: pipes, reaper, other"),
+            (native, "spawn", "spawn: vfork, layers in C, exec (_native.spawn)"),
+            (runner, "_communicate", "program runs; what it left is killed (communicate)"),
             (T, "_log_scriptlet", "scriptlet: log"),
             (T, "_hooks", "hooks: discover and parse"),
             (T, "run_hooks", "hooks: match and run"),
@@ -443,7 +436,7 @@ def instrumented_main(argv: list[str]) -> int:
     for owner, attr, label in (
             (alpm, "_add_targets", "libalpm: load targets (load_pkg / sync lookup)"),
             (alpm, "_scriptlet_for", "scriptlet lookup"),
-            (alpm, "_archive_scriptlet", "bsdtar -xOf .INSTALL (spawn + read archive)"),
+            (alpm, "_archive_scriptlet", ".INSTALL read from the package (libarchive)"),
             (alpm, "_installed_scriptlet", "scriptlet lookup"),
             (alpm, "_changes", "hooks: file lists of every package for triggers")):
         clock.wrap(owner, attr, label)
