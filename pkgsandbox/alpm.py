@@ -258,6 +258,9 @@ def engine(chan, handle, trans, request: dict, narrow=None) -> dict:
             changes = _changes(local, trans, state)
             chan.send({"type": "pre_hooks", "changes": changes})
             reply = chan.recv()
+            while reply and reply.get("type") == "owners":      # hook overrides' owners
+                chan.send({"type": "owned", "owned": _owned(handle, reply.get("files"))})
+                reply = chan.recv()
             if reply and reply.get("type") == "continue" and state.get("narrow") is not None:
                 files = [f for c in changes["packages"]
                          for f in c.get("new_files", []) + c.get("old_files", [])]
@@ -354,6 +357,8 @@ def engine(chan, handle, trans, request: dict, narrow=None) -> dict:
             chan.send({"type": "satisfied", "satisfied": {
                 str(d): pyalpm.find_satisfier(local_after.pkgcache, str(d)) is not None
                 for d in msg.get("depends", [])}})
+        elif msg.get("type") == "owners":
+            chan.send({"type": "owned", "owned": _owned(handle, msg.get("files"))})
     return {"ok": True, "committed": True, "done": state["index"] + 1}
 
 
@@ -378,6 +383,24 @@ def _changes(local, trans, state) -> dict:
     return {"packages": out,
             "satisfied": {d: pyalpm.find_satisfier(local.pkgcache, d) is not None
                           for d in state.get("depends", [])}}
+
+
+def _owned(handle, files) -> dict:
+    """For each hook file (relative to the root) and the package-name patterns its override
+    is for: the installed packages matching a pattern whose file list holds it. Only those
+    packages' file lists are read."""
+    import fnmatch
+    out: dict[str, list[str]] = {}
+    if not isinstance(files, dict):
+        return out
+    packages = handle.get_localdb().pkgcache
+    for path, patterns in files.items():
+        if not isinstance(path, str) or not isinstance(patterns, list):
+            continue
+        out[path] = [p.name for p in packages
+                     if any(fnmatch.fnmatchcase(p.name, str(g)) for g in patterns)
+                     and any(f[0] == path for f in p.files)]
+    return out
 
 
 def _public(item: dict) -> dict:

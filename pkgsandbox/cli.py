@@ -335,6 +335,8 @@ def cmd_profile(args, s) -> int:
             _out(f"# {prof.name}: merged from {' <- '.join(prof.chain)}")
             for key in ("phase", "description", "compat", "min_abi", "scope"):
                 _out(f"{key}: {data[key]}")
+            if data["owners"] is not None:
+                _out(f"owners: {data['owners']}    # applies only to these packages' hook file")
             _out("filesystem:")
             for g in data["filesystem"]:
                 opt = ", optional" if g["optional"] else ""
@@ -400,6 +402,7 @@ def _profile_dict(prof: profile.Profile) -> dict:
         "logging": {"same_exec": prof.logging.same_exec, "new_exec": prof.logging.new_exec,
                     "subdomains": prof.logging.subdomains},
         "environment": {"allow": list(prof.env_allow), "set": dict(prof.env_set)},
+        "owners": None if prof.owners is None else list(prof.owners),
     }
 
 

@@ -53,10 +53,11 @@ VARIABLES: dict[str, str] = {
 _VAR = re.compile(r"\{([^{}]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+_OWNER = re.compile(r"^[A-Za-z0-9@_+.*?\[\]!-]+$")     # a package name, or an fnmatch pattern
 
 TOP_KEYS = ("profile", "description", "phase", "extends", "compat", "min_abi", "filesystem",
             "network", "scope", "logging", "environment", "capabilities", "unix_sockets",
-            "private_network", "copy_on_write", "protected", "datagram_sockets")
+            "private_network", "copy_on_write", "protected", "datagram_sockets", "owners")
 GRANT_KEYS = ("path", "access", "optional")
 NETWORK_KEYS = tuple(abi.NET_RIGHTS)
 LOGGING_KEYS = ("same_exec", "new_exec", "subdomains")
@@ -101,6 +102,9 @@ class Profile:
     datagram_sockets: bool = True
     copy_on_write: tuple[Grant, ...] = ()
     protected: tuple[Grant, ...] = ()
+    #: a per-hook override's owners: globs of the package names whose hook file it is for
+    #: (None: not declared: the override applies to any hook of its name). Not inherited.
+    owners: tuple[str, ...] | None = None
     chain: tuple[str, ...] = ()   # files merged, base first
     explicit: frozenset[str] = frozenset()   # single-value keys some file in the chain set
 
@@ -386,6 +390,18 @@ def _parse(file: str, text: str, default_name: str) -> _Parsed:
                 items.append(Grant(path=path, rights=frozenset(), optional=True,
                                    origin=f"{file}:{item.start_mark.line + 1}", where=where))
             fields[key] = tuple(items)
+    if "owners" in top:
+        owners = []
+        for i, item in enumerate(doc.sequence(top["owners"][1], "owners")):
+            value = doc.string(item, f"owners[{i}]")
+            if not _OWNER.match(value):
+                doc.fail(item, f"owners[{i}]", f"not a package name or name pattern: "
+                                               f"{_show(value)}")
+            owners.append(value)
+        if not owners:
+            doc.fail(top["owners"][1], "owners", "list at least one package name")
+        fields["owners"] = tuple(owners)
+        fields["owners_line"] = top["owners"][0].start_mark.line + 1
     if "logging" in top:
         entry = doc.mapping(top["logging"][1], "logging", LOGGING_KEYS)
         fields["logging"] = {k: doc.boolean(v, f"logging.{k}") for k, (_, v) in entry.items()}
@@ -525,6 +541,11 @@ class Library:
         except RecursionError:
             raise ProfileError(file, None, "", "nested too deeply") from None
         parents: list[Profile] = []
+        if "owners" in parsed.fields and implicit_parent != "hook" and \
+                path.parent.name != "hooks":
+            raise ProfileError(file, parsed.fields["owners_line"], "owners",
+                               "only a per-hook override (hooks/NAME.yaml) names the packages "
+                               "whose hook it is for")
         extends = parsed.extends or (((implicit_parent, 0),) if implicit_parent else ())
         for parent_name, line in extends:
             if parent_name == path.stem and self._on_path(path):
@@ -597,6 +618,7 @@ def _merge(parsed: _Parsed, parents: list[Profile]) -> Profile:
             explicit.add(k)
     if "unix_sockets" in f:
         base["unix_sockets"] = (base["unix_sockets"] or ()) + f["unix_sockets"]
+    base["owners"] = f.get("owners")          # the override's own, never a parent's
     base["copy_on_write"] += f.get("copy_on_write", ())
     base["protected"] += f.get("protected", ())
     base["filesystem"] += f.get("filesystem", ())

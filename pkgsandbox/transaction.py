@@ -577,7 +577,7 @@ class Transaction:
                 ok = self.check_protected(self.changes)
                 if ok:
                     ok = self.run_hooks("PreTransaction", self.changes,
-                                        satisfied=self.changes.get("satisfied", {}))
+                                        satisfied=self.changes.get("satisfied", {}), worker=w)
                     if not ok:
                         self.err("error: failed to commit transaction (failed to run "
                                  "transaction hooks)")
@@ -751,6 +751,7 @@ class Transaction:
                 reply = self._next(worker)
                 satisfied = reply.get("satisfied", {}) if reply.get("type") == "satisfied" \
                     else {}
+        allowed = self._overrides_allowed(matched, worker)
         label = "pre" if when == "PreTransaction" else "post"
         self.out(f":: Running {label}-transaction hooks...")
         ok = True
@@ -764,7 +765,8 @@ class Transaction:
             try:
                 outcome = hookphase.run(hook=h, targets=targets, root=self.conf.root,
                                         library=self.library, cap=self.opts.cap,
-                                        compat=self.opts.compat, timeout=600)
+                                        compat=self.opts.compat, timeout=600,
+                                        override=allowed.get(h.name, True))
             except PkgsandboxError as exc:
                 self.err(f"error: hook {h.name}: {exc.message}")
                 if when == "PreTransaction" and h.abort_on_fail:
@@ -785,6 +787,42 @@ class Transaction:
             if not ok:
                 break
         return ok
+
+    def _overrides_allowed(self, matched, worker) -> dict[str, bool]:
+        """Per hook name: whether its override (hooks/NAME.yaml) may apply. An override that
+        names its `owners` applies only to a hook file that an installed package of one of
+        those names owns (asked of the extract worker, which reads the local database):
+        any package can ship a hook file named like mkinitcpio's, and must not get
+        mkinitcpio's grants with it. Without a worker to ask, such an override does not
+        apply. Each refusal is said on stderr."""
+        wanted: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for h, _ in matched:
+            try:
+                if self.library.find(h.name, "hooks") is None:
+                    continue
+                owners = self.library.load_override("hook", h.name, "hooks").owners
+            except PkgsandboxError:
+                continue                 # hookphase.run reports the broken override
+            if owners:
+                rel = os.path.relpath(h.file, self.conf.root)
+                wanted[h.name] = (rel, owners)
+        if not wanted:
+            return {}
+        owned: dict = {}
+        if worker is not None:
+            worker.channel.send({"type": "owners",
+                                 "files": {rel: list(o) for rel, o in wanted.values()}})
+            reply = self._next(worker)
+            if reply.get("type") == "owned" and isinstance(reply.get("owned"), dict):
+                owned = reply["owned"]
+        allowed = {}
+        for name, (rel, owners) in wanted.items():
+            allowed[name] = bool(owned.get(rel))
+            if not allowed[name]:
+                self.err(f"warning: hook {name}: /{rel} is not owned by "
+                         f"{' or '.join(owners)}: it runs under the plain hook profile, not "
+                         f"under hooks/{name}.yaml")
+        return allowed
 
     def _refused_changes(self, who: str, paths) -> None:
         root = self.conf.root.rstrip("/")

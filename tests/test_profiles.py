@@ -639,6 +639,34 @@ def test_per_hook_override_merges_on_hook(tmp_path):
     assert prof.phase == "hook"
 
 
+def test_hook_override_owners(tmp_path):
+    """`owners:` names the packages whose hook file a per-hook override is for; it belongs
+    to the override alone (not inherited, not allowed elsewhere)."""
+    d = tmp_path / "admin"
+    (d / "hooks").mkdir(parents=True)
+    (d / "packages").mkdir()
+    (d / "hooks" / "x.yaml").write_text("owners: [mkinitcpio, 'linux-rpi*']\n")
+    lib = profile.Library([d], include_system=False)
+    assert lib.load_override("hook", "x", "hooks").owners == ("mkinitcpio", "linux-rpi*")
+    assert lib.load("hook").owners is None
+    for name, text, where in (
+            ("bad", "owners: ['a b']\n", r"bad\.yaml:1: owners\[0\]: not a package name"),
+            ("empty", "owners: []\n", r"empty\.yaml:1: owners: list at least one"),
+            ("scalar", "owners: mkinitcpio\n", r"scalar\.yaml:1: owners: ")):
+        (d / "hooks" / f"{name}.yaml").write_text(text)
+        with pytest.raises(BadInput, match=where):
+            profile.Library([d], include_system=False).load_override("hook", name, "hooks")
+    (d / "packages" / "foo.yaml").write_text("description: x\nowners: [foo]\n")
+    with pytest.raises(BadInput, match=r"foo\.yaml:2: owners: only a per-hook override"):
+        lib.load_override("scriptlet", "foo", "packages")
+
+
+def test_every_shipped_hook_override_names_its_owners():
+    lib = profile.Library(include_system=False)
+    for name, _ in lib.names("hooks"):
+        assert lib.load_override("hook", name, "hooks").owners, name
+
+
 def test_variables_substituted_without_double_slash():
     assert profile.substitute("{root}/usr", {"root": "/"}) == "/usr"
     assert profile.substitute("{root}/usr", {"root": "/mnt/"}) == "/mnt/usr"

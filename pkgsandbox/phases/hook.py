@@ -25,8 +25,10 @@ class Outcome:
 
 
 def run(*, hook, targets: tuple[str, ...] | None, root: str, library: profile.Library,
-        cap, compat, timeout: float | None = None) -> Outcome:
-    prof = library.load_override("hook", hook.name, "hooks")
+        cap, compat, timeout: float | None = None, override: bool = True) -> Outcome:
+    """`override`: whether `hooks/NAME.yaml` may apply (the caller checked its owners)."""
+    prof = library.load_override("hook", hook.name, "hooks") if override else \
+        library.load("hook")
     policy = profile.resolve(prof, {"root": root, "hookname": hook.name}, phase="hook",
                             check_paths=False)  # build_ruleset checks, once
     argv = list(hook.exec)
