@@ -84,12 +84,18 @@ class _NetnsPool:
 
     def __init__(self):
         self._ready = None
+        self._asked = 0
         self._lock = threading.Lock()
 
     def take(self) -> int:
-        """A descriptor of an unused namespace (the caller closes it), or -1."""
+        """A descriptor of an unused namespace (the caller closes it), or -1. The thread
+        starts at the second request: a command that sandboxes one program (`pkgsandbox
+        run`) makes no namespace it will not use."""
         with self._lock:
             if self._ready is None:
+                self._asked += 1
+                if self._asked < 2:
+                    return -1
                 import queue
                 self._ready = queue.Queue(maxsize=1)
                 threading.Thread(target=self._fill, name="pkgsandbox-netns",
