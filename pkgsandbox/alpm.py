@@ -387,19 +387,24 @@ def _changes(local, trans, state) -> dict:
 
 def _owned(handle, files) -> dict:
     """For each hook file (relative to the root) and the package-name patterns its override
-    is for: the installed packages matching a pattern whose file list holds it. Only those
-    packages' file lists are read."""
+    is for: {"match": installed packages matching a pattern whose file list holds it,
+    "others": when none matches, every other package that owns it}. The matching packages'
+    file lists are read first; all of them only when none of those owns the file (a hook an
+    administrator wrote is owned by no package; an impostor's is owned by the impostor)."""
     import fnmatch
-    out: dict[str, list[str]] = {}
+    out: dict[str, dict] = {}
     if not isinstance(files, dict):
         return out
     packages = handle.get_localdb().pkgcache
     for path, patterns in files.items():
         if not isinstance(path, str) or not isinstance(patterns, list):
             continue
-        out[path] = [p.name for p in packages
-                     if any(fnmatch.fnmatchcase(p.name, str(g)) for g in patterns)
-                     and any(f[0] == path for f in p.files)]
+        named = [p for p in packages
+                 if any(fnmatch.fnmatchcase(p.name, str(g)) for g in patterns)]
+        match = [p.name for p in named if any(f[0] == path for f in p.files)]
+        others = [] if match else [p.name for p in packages if p not in named
+                                   and any(f[0] == path for f in p.files)]
+        out[path] = {"match": match, "others": others}
     return out
 
 

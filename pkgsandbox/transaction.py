@@ -790,11 +790,13 @@ class Transaction:
 
     def _overrides_allowed(self, matched, worker) -> dict[str, bool]:
         """Per hook name: whether its override (hooks/NAME.yaml) may apply. An override that
-        names its `owners` applies only to a hook file that an installed package of one of
-        those names owns (asked of the extract worker, which reads the local database):
-        any package can ship a hook file named like mkinitcpio's, and must not get
-        mkinitcpio's grants with it. Without a worker to ask, such an override does not
-        apply. Each refusal is said on stderr."""
+        names its `owners` applies to a hook file that an installed package of one of those
+        names owns, or that no package owns (an administrator's own hook: packages cannot
+        leave unowned files in the hook directories, their phases may not write there);
+        not to a hook file another package owns: any package can ship a hook named like
+        mkinitcpio's, and must not get mkinitcpio's grants with it. Ownership is asked of
+        the extract worker, which reads the local database; without a worker to ask, such
+        an override does not apply. Each refusal is said on stderr."""
         wanted: dict[str, tuple[str, tuple[str, ...]]] = {}
         for h, _ in matched:
             try:
@@ -817,11 +819,17 @@ class Transaction:
                 owned = reply["owned"]
         allowed = {}
         for name, (rel, owners) in wanted.items():
-            allowed[name] = bool(owned.get(rel))
+            found = owned.get(rel)
+            if not isinstance(found, dict):
+                allowed[name] = False
+                why = "its owner could not be checked"
+            else:
+                others = [str(o) for o in found.get("others") or ()]
+                allowed[name] = bool(found.get("match")) or not others
+                why = f"it is owned by {', '.join(others)}, not by {' or '.join(owners)}"
             if not allowed[name]:
-                self.err(f"warning: hook {name}: /{rel} is not owned by "
-                         f"{' or '.join(owners)}: it runs under the plain hook profile, not "
-                         f"under hooks/{name}.yaml")
+                self.err(f"warning: hook {name}: /{rel}: {why}: it runs under the plain hook "
+                         f"profile, not under hooks/{name}.yaml")
         return allowed
 
     def _refused_changes(self, who: str, paths) -> None:
