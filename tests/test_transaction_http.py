@@ -205,6 +205,23 @@ def test_sync_install_and_sysupgrade_match_stock_pacman(request, tmp_path, repo,
                                 if not k.startswith("quiet")}
 
 
+def test_packages_come_over_one_kept_alive_connection(tmp_path, repo):
+    """From a mirror that keeps connections alive (as real ones do), the download phase of
+    a transaction fetches its packages over one connection; the result is stock pacman's."""
+    with Mirror(repo, keepalive=True) as kept:
+        a = make_root(tmp_path, "stock", kept.url)
+        b = make_root(tmp_path, "sandboxed", kept.url)
+        stock(a, "-Sy", "hello")
+        before = len(kept.requests)
+        sandboxed(b, "-Sy", "hello")
+        ours = kept.requests[before:]
+    packages = [q for q in ours if q.file in (f"/{HELLO}", f"/{LIBFOO}")]
+    assert sorted(q.file for q in packages) == sorted([f"/{HELLO}", f"/{LIBFOO}"])
+    assert all(q.status == 200 for q in packages)
+    assert len({q.client for q in packages}) == 1, [q.client for q in packages]
+    assert_twins(a, b)
+
+
 def test_https_ca_outside_the_download_domain_cannot_be_read(tmp_path, tls_mirror):
     """SSL_CERT_FILE names the test CA, which root can read; without the profile grant the
     download domain cannot, so the certificate is not verified. The grant alone makes the
