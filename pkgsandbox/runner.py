@@ -123,11 +123,28 @@ def _user_arg(user: User | None):
     return None if user is None else (user.uid, user.gid, tuple(user.groups))
 
 
-def _enter_here(prepared: enforce.Prepared, *, chroot: str | None, cwd: str | None,
-                user: User | None) -> None:
-    """In a forked worker: every layer, by the same C code a spawned program gets."""
-    _native_module().apply(chroot=_b(chroot), cwd=_b(cwd), user=_user_arg(user),
-                           **prepared.layers())
+def _enter_in_child(prepared: enforce.Prepared, errfd: int, *, chroot: str | None,
+                    cwd: str | None, user: User | None, keep: set[int],
+                    env: dict[str, str] | None) -> None:
+    """In a forked call/worker child: a new session, every layer by the same C code a spawned
+    program gets (a failure is written to `errfd`, then raised), then only the descriptors in
+    `keep` and the allow-listed environment remain."""
+    os.setsid()
+    try:
+        _native_module().apply(chroot=_b(chroot), cwd=_b(cwd), user=_user_arg(user),
+                               **prepared.layers())
+    except (OSError, PkgsandboxError) as exc:
+        os.write(errfd, str(exc).encode()[:4000])
+        raise
+    _close_inherited(keep)
+    _only_environment(env)
+
+
+def _error_payload(exc: BaseException) -> dict:
+    """What a sandboxed function's exception becomes for the parent (raise_remote)."""
+    if isinstance(exc, PkgsandboxError):
+        return {"error": type(exc).__name__, "message": exc.message}
+    return {"error": "SetupError", "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _b(path: str | None) -> bytes | None:
@@ -431,20 +448,12 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
         status = 0
         try:
             os.close(rfd)
-            os.setsid()
-            try:
-                _enter_here(prepared, chroot=chroot, cwd=cwd, user=user)
-            except (OSError, PkgsandboxError) as exc:
-                os.write(wfd, str(exc).encode()[:4000])
-                raise
-            _close_inherited({wfd})
-            _only_environment(env)
+            _enter_in_child(prepared, wfd, chroot=chroot, cwd=cwd, user=user, keep={wfd},
+                            env=env)
             try:
                 payload = {"ok": fn(*args, **kwargs)}
-            except PkgsandboxError as exc:
-                payload = {"error": type(exc).__name__, "message": exc.message}
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                payload = {"error": "SetupError", "message": f"{type(exc).__name__}: {exc}"}
+                payload = _error_payload(exc)
             view = memoryview(b"\0" + json.dumps(payload).encode())
             while view:
                 n = os.write(wfd, view)
@@ -493,13 +502,7 @@ def call(fn, *args, prepared: enforce.Prepared, timeout: float | None = None,
     except ValueError:
         raise SetupError("sandboxed call returned an unreadable result") from None
     if "error" in payload:
-        cls = _ERRORS.get(payload["error"], SetupError)
-        message = str(payload.get("message", ""))
-        try:
-            error = cls(message)
-        except TypeError:  # an error class with structured fields: keep the text
-            error = SetupError(message)
-        raise error
+        raise_remote(payload)
     return CallResult(value=payload["ok"], report=prepared.report)
 
 
@@ -676,25 +679,14 @@ def worker(fn, *args, prepared: enforce.Prepared, user: User | None = None,
         try:
             parent_sock.close()
             os.close(errr)
-            os.setsid()
-            try:
-                _enter_here(prepared, chroot=chroot, cwd=cwd, user=user)
-            except (OSError, PkgsandboxError) as exc:
-                os.write(errw, str(exc).encode()[:4000])
-                raise
-            os.close(errw)
-            _close_inherited({child_sock.fileno()})
-            _only_environment(env)
+            # errw is not kept: closing it tells the parent the setup succeeded
+            _enter_in_child(prepared, errw, chroot=chroot, cwd=cwd, user=user,
+                            keep={child_sock.fileno()}, env=env)
             chan = Channel(child_sock)
             try:
                 chan.send({"type": "__result__", "value": fn(chan, *args)})
-            except PkgsandboxError as exc:
-                chan.send({"type": "__error__", "error": type(exc).__name__,
-                           "message": exc.message})
-                status = 1
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                chan.send({"type": "__error__", "error": "SetupError",
-                           "message": f"{type(exc).__name__}: {exc}"})
+                chan.send({"type": "__error__", **_error_payload(exc)})
                 status = 1
         except BaseException:  # noqa: BLE001
             status = EXIT_SETUP
