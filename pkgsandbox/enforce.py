@@ -38,25 +38,22 @@ class Prepared:
     #: copy-on-write overlays as detached mounts: ((mount fd, target path), ...); the rules
     #: on paths under a target were made on the overlay's inodes; the child attaches them
     mounts: tuple[tuple[int, str], ...] = ()
-    _layers: dict | None = None
 
     def layers(self) -> dict:
-        """The child's layer arguments for pkgsandbox._native (spawn/apply), computed once."""
-        if self._layers is None:
-            seccomp = None
-            if self.deny_unix or self.deny_datagrams:
-                seccomp = hardening.socket_filter_program(unix=self.deny_unix,
-                                                          datagrams=self.deny_datagrams)
-            self._layers = {
-                "netns": self.private_network,
-                "limit_caps": self.capabilities is not None,
-                "caps_keep": hardening.capability_mask(self.capabilities or frozenset()),
-                "last_cap": hardening.last_cap(),
-                "seccomp": seccomp,
-                "ruleset_fd": -1 if self.ruleset_fd is None else self.ruleset_fd,
-                "restrict_flags": self.flags,
-            }
-        return self._layers
+        """The child's layer arguments for pkgsandbox._native (spawn/apply)."""
+        seccomp = None
+        if self.deny_unix or self.deny_datagrams:
+            seccomp = hardening.socket_filter_program(unix=self.deny_unix,
+                                                      datagrams=self.deny_datagrams)
+        return {
+            "netns": self.private_network,
+            "limit_caps": self.capabilities is not None,
+            "caps_keep": hardening.capability_mask(self.capabilities or frozenset()),
+            "last_cap": hardening.last_cap(),
+            "seccomp": seccomp,
+            "ruleset_fd": -1 if self.ruleset_fd is None else self.ruleset_fd,
+            "restrict_flags": self.flags,
+        }
 
     def close(self) -> None:
         if self.ruleset_fd is not None:
@@ -168,17 +165,17 @@ def build_ruleset(policy: Policy, decision: abi.Downgrade,
             if port.right in decision.handled_net:
                 landlock.add_port_rule(fd, port.port, abi.NET_RIGHTS[port.right][0])
                 rules += 1
-        _close_all(anchors)
     except landlock.LandlockError as exc:
-        _close_all(anchors)
         if fd is not None:
             os.close(fd)
         raise SetupError(f"profile {policy.name}: {exc.strerror}") from None
     except BaseException:
-        _close_all(anchors)
         if fd is not None:
             os.close(fd)
         raise
+    finally:
+        for anchor_fd in anchors.values():
+            os.close(anchor_fd)
     return fd, rules, refused
 
 
@@ -252,30 +249,20 @@ def _anchored(anchor: str, path: str, anchors: dict[str, int]) -> tuple[int, str
     """(descriptor of `anchor`, `path` relative to it) for a path below its anchor; the
     anchor is opened once per ruleset (`anchors`), then every grant below it is reached from
     that descriptor with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (_add_path_rules)."""
-    prefix = anchor.rstrip("/") + "/"
-    if path == anchor:
-        rel = "."
-    elif path.startswith(prefix):
-        rel = path[len(prefix):]
-    else:
+    rel = safepath.below(path, anchor)
+    if rel is None:
         return None                      # refused by the caller (EXDEV)
     if anchor not in anchors:
         anchors[anchor] = os.open(anchor, os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
     return anchors[anchor], rel
 
 
-def _close_all(fds: dict[str, int]) -> None:
-    while fds:
-        os.close(fds.popitem()[1])
-
-
 def _mount_for(path: str, mounts) -> tuple[int, str] | None:
     """(overlay fd, path relative to its target) when `path` lies in a copy-on-write target."""
     for fd, target in mounts:
-        if path == target:
-            return fd, "."
-        if path.startswith(target.rstrip("/") + "/"):
-            return fd, path[len(target.rstrip("/")) + 1:]
+        rel = safepath.below(path, target)
+        if rel is not None:
+            return fd, rel
     return None
 
 
@@ -357,7 +344,7 @@ def narrow_to(policy: Policy, decision: abi.Downgrade, *, root: str,
         if under_root and g.rights & write_rights:
             grants.append(replace(g, rights=g.rights - write_rights))
             for d in sorted(needed):
-                if d == g.path or d.startswith(g.path.rstrip("/") + "/"):
+                if safepath.below(d, g.path) is not None:
                     grants.append(replace(g, path=d, rights=g.rights))
         else:
             grants.append(g)

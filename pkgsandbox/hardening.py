@@ -46,6 +46,7 @@ def bounding_set() -> set[int]:
     return {c for c in range(last_cap() + 1) if _prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1}
 
 
+@functools.lru_cache(maxsize=64)
 def capability_mask(keep: frozenset[str]) -> int:
     """The capabilities to keep, as a 64-bit mask (bit N = capability N). The child drops
     every other one from the bounding set (so no exec can regain it), then from the
@@ -76,6 +77,7 @@ def seccomp_supported() -> bool:
     return os.uname().machine in _ARCH
 
 
+@functools.lru_cache(maxsize=8)
 def socket_filter_program(*, unix: bool, datagrams: bool) -> bytes:
     """The seccomp program (BPF, as bytes) of a filter on socket(2): with `unix`, AF_UNIX sockets fail with EACCES
     (no pathname or abstract UNIX socket can be reached: systemd, D-Bus, udev); with

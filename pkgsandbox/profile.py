@@ -448,8 +448,8 @@ class Library:
                 seen.add(key)
                 self.dirs.append(d)
         self._cache: dict[tuple, Profile] = {}
-        #: (name, kind) -> the winning file; ("", directory) -> its names
-        self._found: dict[tuple[str, str], object] = {}
+        self._found: dict[tuple[str, str], Path | None] = {}    # (name, kind) -> its file
+        self._listings: dict[Path, frozenset[str]] = {}         # directory -> its names
 
     def find(self, name: str, kind: str = "") -> Path | None:
         """The file that wins for `name` (looked up once per Library: one command)."""
@@ -465,13 +465,12 @@ class Library:
 
     def _listing(self, directory: Path) -> frozenset[str]:
         """A directory's names, read once (a transaction looks up an override per package)."""
-        key = ("", str(directory))
-        if key not in self._found:
+        if directory not in self._listings:
             try:
-                self._found[key] = frozenset(os.listdir(directory))
+                self._listings[directory] = frozenset(os.listdir(directory))
             except OSError:
-                self._found[key] = frozenset()
-        return self._found[key]
+                self._listings[directory] = frozenset()
+        return self._listings[directory]
 
     def names(self, kind: str = "") -> list[tuple[str, Path]]:
         """Every profile name visible, with the file that wins for it."""

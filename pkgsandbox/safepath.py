@@ -54,3 +54,11 @@ def open_beneath(anchor: str, path: str) -> int:
     finally:
         os.close(dirfd)
 
+
+def below(path: str, top: str) -> str | None:
+    """`path` relative to the directory `top` ("." for `top` itself), or None when it is
+    neither `top` nor under it. Lexical: both are normalised absolute paths."""
+    t = top.rstrip("/")
+    if path.rstrip("/") == t:
+        return "."
+    return path[len(t) + 1:] if path.startswith(t + "/") else None

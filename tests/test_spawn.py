@@ -196,11 +196,10 @@ def test_overlay_rules_apply_to_the_overlay(tmp_path):
     script = (f"echo new > {target}/new && echo changed > {target}/old && echo ok; "
               f"echo x > {sibling}/f || echo denied; grep -c ' {target} ' /proc/self/mounts")
 
-    def spawn(mounts):
-        assert len(mounts) == 1
-        with enforce.prepare(policy, mounts=mounts) as prepared:
-            return runner.run(["sh", "-c", script], prepared, env={"PATH": "/usr/bin:/bin"},
-                              capture=True, merge_stderr=True, timeout=CHILD_TIMEOUT)
+    def spawn(prepared):
+        assert len(prepared.mounts) == 1
+        return runner.run(["sh", "-c", script], prepared, env={"PATH": "/usr/bin:/bin"},
+                          capture=True, merge_stderr=True, timeout=CHILD_TIMEOUT)
     before = _scratch_dirs()
     result, refused = cow.run_with(replace(policy, protected=(str(target / "old"),)), spawn)
     cow.drain()
@@ -222,11 +221,10 @@ def test_overlay_without_the_rule_is_denied(tmp_path):
     from dataclasses import replace
     policy = replace(run_policy((target, READ)), copy_on_write=(str(target),))
 
-    def spawn(mounts):
-        with enforce.prepare(policy, mounts=mounts) as prepared:
-            return runner.run(["sh", "-c", f"echo new > {target}/new"], prepared,
-                              env={"PATH": "/usr/bin:/bin"}, capture=True,
-                              merge_stderr=True, timeout=CHILD_TIMEOUT)
+    def spawn(prepared):
+        return runner.run(["sh", "-c", f"echo new > {target}/new"], prepared,
+                          env={"PATH": "/usr/bin:/bin"}, capture=True,
+                          merge_stderr=True, timeout=CHILD_TIMEOUT)
     before = _scratch_dirs()
     result, _ = cow.run_with(policy, spawn)
     cow.drain()

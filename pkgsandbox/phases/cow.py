@@ -21,7 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 
-from .. import hardening, safepath
+from .. import enforce, hardening, safepath
 from ..errors import PkgsandboxError
 
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
@@ -231,24 +231,24 @@ def _remove(dirfd: int, name: str) -> None:
         os.unlink(name, dir_fd=dirfd)
 
 
-def run_with(policy, run):
-    """Run `run(mounts)` with the policy's copy-on-write directories (as root only), then
-    apply what changed; returns (run's result, refused paths as absolute paths). `mounts`
-    ((fd, target), ...) goes to enforce.prepare, which makes the rules under each target on
-    the overlay's inodes, and from there to the child, which attaches the overlays."""
+def run_with(policy, run, *, cap=None, compat=None):
+    """Prepare the policy's domain with its copy-on-write directories (as root only) and run
+    `run(prepared)` in it, then apply what changed; returns (run's result, refused paths as
+    absolute paths). The overlays are detached mounts: enforce.prepare makes the rules under
+    each target on the overlay's inodes, and the child (runner.run) attaches them."""
     overlays: list[Overlay] = []
     try:
         if os.geteuid() == 0:
             for t in policy.copy_on_write:
                 if os.path.isdir(t):
                     overlays.append(create(t))
-        result = run(tuple((o.mount_fd, o.target) for o in overlays))
+        mounts = tuple((o.mount_fd, o.target) for o in overlays)
+        with enforce.prepare(policy, cap=cap, compat=compat, mounts=mounts) as prepared:
+            result = run(prepared)
         refused: list[str] = []
         for o in overlays:
-            prefix = o.target.rstrip("/") + "/"
-            protected = tuple("." if p == o.target else p[len(prefix):]
-                              for p in policy.protected
-                              if p == o.target or p.startswith(prefix))
+            protected = tuple(rel for rel in (safepath.below(p, o.target)
+                                              for p in policy.protected) if rel is not None)
             done = apply(o, protected)
             refused += [os.path.join(o.target, r) for r in done.refused]
         return result, refused

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .. import enforce, profile, runner
+from .. import profile, runner
 from . import cow
 from ..policy import EnforcementReport
 
@@ -38,13 +38,10 @@ def run(*, hook, targets: tuple[str, ...] | None, root: str, library: profile.Li
     if hook.needs_targets:
         data = "".join(f"{t}\n" for t in (targets or ())).encode("utf-8", "surrogateescape")
     env = policy.environment.build(dict(os.environ))
-
-    def spawn(mounts):
-        with enforce.prepare(policy, cap=cap, compat=compat, mounts=mounts) as prepared:
-            return runner.run(argv, prepared, env=env, chroot=None if root == "/" else root,
-                              cwd="/", umask=0o022, capture=True, merge_stderr=True,
-                              timeout=timeout, input=data if data is not None else b"")
-    result, refused = cow.run_with(policy, spawn)
+    result, refused = cow.run_with(policy, lambda prepared: runner.run(
+        argv, prepared, env=env, chroot=None if root == "/" else root, cwd="/", umask=0o022,
+        capture=True, merge_stderr=True, timeout=timeout,
+        input=data if data is not None else b""), cap=cap, compat=compat)
     return Outcome(hook=hook.name, status=result.exit_status,
                    output=result.stdout.decode("utf-8", errors="replace"), report=result.report,
                    refused=tuple(refused))

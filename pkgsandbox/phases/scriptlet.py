@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from .. import enforce, profile, runner
+from .. import profile, runner
 from . import cow
 from ..errors import PkgsandboxError
 from ..policy import EnforcementReport
@@ -84,13 +84,10 @@ def run(*, script: str, function: str, args: list[str], pkgname: str, pkgver: st
         env.pop("BASH_ENV", None)
         env["SHLVL"] = "1"
         argv = ["/bin/sh", "-c", f". {inside}; {function} {' '.join(args)}"]
-
-        def spawn(mounts):
-            with enforce.prepare(policy, cap=cap, compat=compat, mounts=mounts) as prepared:
-                return runner.run(argv, prepared, env=env, chroot=None if root == "/" else root,
-                                  cwd="/", umask=0o022, capture=True, merge_stderr=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
-        result, refused = cow.run_with(policy, spawn)
+        result, refused = cow.run_with(policy, lambda prepared: runner.run(
+            argv, prepared, env=env, chroot=None if root == "/" else root, cwd="/",
+            umask=0o022, capture=True, merge_stderr=True, timeout=timeout,
+            stdin=subprocess.DEVNULL), cap=cap, compat=compat)
         return Outcome(package=pkgname, function=function, status=result.exit_status,
                        output=result.stdout.decode("utf-8", errors="replace"),
                        report=result.report, refused=tuple(refused))
