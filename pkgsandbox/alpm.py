@@ -399,10 +399,11 @@ def _owned(handle, files) -> dict:
     for path, patterns in files.items():
         if not isinstance(path, str) or not isinstance(patterns, list):
             continue
-        named = [p for p in packages
-                 if any(fnmatch.fnmatchcase(p.name, str(g)) for g in patterns)]
-        match = [p.name for p in named if any(f[0] == path for f in p.files)]
-        others = [] if match else [p.name for p in packages if p not in named
+        named = {p.name for p in packages
+                 if any(fnmatch.fnmatchcase(p.name, str(g)) for g in patterns)}
+        match = [p.name for p in packages if p.name in named
+                 and any(f[0] == path for f in p.files)]
+        others = [] if match else [p.name for p in packages if p.name not in named
                                    and any(f[0] == path for f in p.files)]
         out[path] = {"match": match, "others": others}
     return out

@@ -503,17 +503,17 @@ class _Session:
                         creds.encode()).decode()
                 target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
                 try:
-                    try:
-                        conn.request("GET", target, headers=headers)
-                        resp = conn.getresponse()
-                    except (http.client.RemoteDisconnected, ConnectionError):
-                        if not reused:
-                            raise
-                        # an idle connection the server had closed: once more, a new one
-                        conn.close()
-                        conn, reused = self._connect(parts, port), False
-                        conn.request("GET", target, headers=headers)
-                        resp = conn.getresponse()
+                    for attempt in (1, 2):
+                        try:
+                            conn.request("GET", target, headers=headers)
+                            resp = conn.getresponse()
+                            break
+                        except (http.client.RemoteDisconnected, ConnectionError):
+                            if not reused or attempt == 2:
+                                raise
+                            # an idle connection the server had closed: once more, a new one
+                            conn.close()
+                            conn, reused = self._connect(parts, port), False
                 except TimeoutError:
                     raise _Failure(f"stalled: no response for {self.stall_timeout:g} s") \
                         from None
