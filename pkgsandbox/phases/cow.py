@@ -265,13 +265,15 @@ class _Later:
     command. Only the parent uses it: a forked child never queues anything."""
 
     def __init__(self):
-        import queue
-        self._queue = queue.Queue()
+        self._queue = None                 # made with the thread, on first use
         self._thread = None
         self._lock = threading.Lock()
 
     def put(self, fn) -> None:
         with self._lock:
+            if self._queue is None:
+                import queue
+                self._queue = queue.Queue()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="pkgsandbox-cow-cleanup",
                                                 daemon=True)
@@ -290,7 +292,8 @@ class _Later:
                 self._queue.task_done()
 
     def drain(self) -> None:
-        self._queue.join()
+        if self._queue is not None:
+            self._queue.join()
 
 
 _LATER = _Later()
